@@ -1,0 +1,320 @@
+//! The daemon's configuration file (`persona-agent run --config FILE`, TOML).
+//!
+//! Every key has a default, so an empty file (or no file) is a valid configuration, and
+//! every unknown key is an error: a typo such as `sample_intervall_ms` must not be
+//! silently ignored on a fleet of VMs. Errors name the file and the key. This module only
+//! reads and checks settings; identity (agent id, certificates) lives in the state dir and
+//! is written by `enroll`, never here. See packaging/agent.toml for an annotated example.
+
+use std::path::{Path, PathBuf};
+
+use persona_shared::protocol::{DEFAULT_MAX_FRAME, Purpose};
+use serde::Deserialize;
+
+/// Valid range of the sampling interval, in milliseconds.
+pub const SAMPLE_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+/// Valid range of the batch interval, in seconds.
+pub const BATCH_INTERVAL_RANGE_S: std::ops::RangeInclusive<u64> = 1..=600;
+/// Most samples one batch may hold (bounds the frame size and the coordinator's work).
+pub const MAX_POINTS_PER_BATCH: u64 = 3_600;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// toml's message already names the key and the line.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid config file {path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// The VM's declared purpose, `[purpose]` in the file.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PurposeConfig {
+    /// Free text, e.g. "fine-tuning a 7B model with LoRA".
+    pub description: String,
+    /// Software the owner means to run, e.g. ["pytorch", "cuda"].
+    pub software: Vec<String>,
+    /// Size of the working data set in GB.
+    pub data_gb: Option<f64>,
+}
+
+impl From<PurposeConfig> for Purpose {
+    fn from(p: PurposeConfig) -> Self {
+        Purpose {
+            description: p.description,
+            software: p.software,
+            data_gb: p.data_gb,
+        }
+    }
+}
+
+/// Settings of `persona-agent run`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Coordinator as HOST:PORT; None = the one stored at enrollment.
+    pub coordinator: Option<String>,
+    /// Identity (key, certificates) and outbox.
+    pub state_dir: PathBuf,
+    /// Sampling interval; the coordinator's Welcome may override it.
+    pub sample_interval_ms: u64,
+    /// Seconds of samples per telemetry batch; the coordinator's Welcome may override it.
+    pub batch_interval_s: u64,
+    /// Bound of the on-disk outbox; the oldest sealed batches are dropped beyond it.
+    pub outbox_max_bytes: u64,
+    /// Processes listed by CPU and by memory.
+    pub top_n: usize,
+    /// Scan processes every this many ticks (a process scan costs far more than a tick).
+    pub process_every: u32,
+    /// Hard maximum of a frame received from the coordinator (and of a sent batch).
+    pub max_frame_bytes: usize,
+    pub proc_root: PathBuf,
+    pub sys_root: PathBuf,
+    /// What the VM is for, sent in Hello when set.
+    pub purpose: Option<PurposeConfig>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            coordinator: None,
+            state_dir: PathBuf::from("/var/lib/persona-agent"),
+            sample_interval_ms: 1000,
+            batch_interval_s: 10,
+            outbox_max_bytes: 64 << 20,
+            top_n: 10,
+            process_every: 5,
+            max_frame_bytes: DEFAULT_MAX_FRAME,
+            proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
+            purpose: None,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        let cfg: AgentConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                message,
+            })?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and the relations between keys; returns the offending key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !SAMPLE_INTERVAL_RANGE_MS.contains(&self.sample_interval_ms) {
+            return Err((
+                "sample_interval_ms",
+                format!("{} is outside 100..=60000", self.sample_interval_ms),
+            ));
+        }
+        if !BATCH_INTERVAL_RANGE_S.contains(&self.batch_interval_s) {
+            return Err((
+                "batch_interval_s",
+                format!("{} is outside 1..=600", self.batch_interval_s),
+            ));
+        }
+        if self.batch_interval_s * 1000 < self.sample_interval_ms {
+            return Err((
+                "batch_interval_s",
+                format!(
+                    "a batch of {} s is shorter than one sample interval ({} ms)",
+                    self.batch_interval_s, self.sample_interval_ms
+                ),
+            ));
+        }
+        if self.batch_interval_s * 1000 / self.sample_interval_ms > MAX_POINTS_PER_BATCH {
+            return Err((
+                "batch_interval_s",
+                format!(
+                    "more than {MAX_POINTS_PER_BATCH} samples per batch; use a longer sample interval"
+                ),
+            ));
+        }
+        if !(4096..=(64 << 20)).contains(&self.max_frame_bytes) {
+            return Err((
+                "max_frame_bytes",
+                format!("{} is outside 4096..=67108864", self.max_frame_bytes),
+            ));
+        }
+        if self.outbox_max_bytes < self.max_frame_bytes as u64 {
+            return Err((
+                "outbox_max_bytes",
+                format!(
+                    "{} is smaller than max_frame_bytes ({})",
+                    self.outbox_max_bytes, self.max_frame_bytes
+                ),
+            ));
+        }
+        if self.process_every == 0 {
+            return Err(("process_every", "must be at least 1".into()));
+        }
+        if self.top_n > 1000 {
+            return Err(("top_n", format!("{} is more than 1000", self.top_n)));
+        }
+        if let Some(c) = &self.coordinator
+            && !looks_like_host_port(c)
+        {
+            return Err(("coordinator", format!("{c:?} is not HOST:PORT")));
+        }
+        if let Some(p) = &self.purpose
+            && let Some(gb) = p.data_gb
+            && !(gb.is_finite() && gb >= 0.0)
+        {
+            return Err(("purpose.data_gb", format!("{gb} is not a size")));
+        }
+        Ok(())
+    }
+
+    /// The declared purpose in wire form.
+    pub fn wire_purpose(&self) -> Option<Purpose> {
+        self.purpose.clone().map(Purpose::from)
+    }
+}
+
+/// A cheap syntactic check of HOST:PORT (resolution happens at connect time).
+pub fn looks_like_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> &'static Path {
+        Path::new("/etc/persona/agent.toml")
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = AgentConfig::parse("", p()).unwrap();
+        assert_eq!(c, AgentConfig::default());
+        assert_eq!(c.sample_interval_ms, 1000);
+        assert_eq!(c.batch_interval_s, 10);
+        assert_eq!(c.outbox_max_bytes, 64 << 20);
+        assert_eq!(c.max_frame_bytes, 1 << 20);
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/persona-agent"));
+        assert!(c.coordinator.is_none() && c.purpose.is_none());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let text = r#"
+            coordinator = "10.0.0.1:7443"
+            state_dir = "/tmp/x"
+            sample_interval_ms = 500
+            batch_interval_s = 5
+            [purpose]
+            description = "fine-tuning a 7B model"
+            software = ["pytorch"]
+            data_gb = 80
+        "#;
+        let c = AgentConfig::parse(text, p()).unwrap();
+        assert_eq!(c.coordinator.as_deref(), Some("10.0.0.1:7443"));
+        let w = c.wire_purpose().unwrap();
+        assert_eq!(w.software, vec!["pytorch".to_string()]);
+        assert_eq!(w.data_gb, Some(80.0));
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../packaging/agent.toml");
+        AgentConfig::parse(text, Path::new("packaging/agent.toml")).unwrap();
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_the_file() {
+        let e = AgentConfig::parse("sample_intervall_ms = 5\n", p())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sample_intervall_ms"), "{e}");
+        assert!(e.contains("/etc/persona/agent.toml"), "{e}");
+        let e = AgentConfig::parse("[purpose]\ncolour = \"red\"\n", p())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("colour") && e.contains("agent.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("sample_interval_ms = 50", "sample_interval_ms"),
+            ("sample_interval_ms = 60001", "sample_interval_ms"),
+            ("batch_interval_s = 0", "batch_interval_s"),
+            (
+                "sample_interval_ms = 5000\nbatch_interval_s = 2",
+                "batch_interval_s",
+            ),
+            (
+                "sample_interval_ms = 100\nbatch_interval_s = 600",
+                "batch_interval_s",
+            ),
+            ("process_every = 0", "process_every"),
+            ("coordinator = \"nohost\"", "coordinator"),
+            ("outbox_max_bytes = 10", "outbox_max_bytes"),
+        ] {
+            let e = AgentConfig::parse(text, p()).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Invalid { key: k, .. } if *k == key),
+                "{text}: {e}"
+            );
+            assert!(e.to_string().contains(key) && e.to_string().contains("agent.toml"));
+        }
+        // A type error is toml's, which names the key too.
+        let e = AgentConfig::parse("sample_interval_ms = \"fast\"", p())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sample_interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_names_the_file() {
+        let e = AgentConfig::load(Path::new("/nonexistent/agent.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/agent.toml"), "{e}");
+    }
+
+    #[test]
+    fn host_port() {
+        assert!(looks_like_host_port("localhost:7443"));
+        assert!(looks_like_host_port("[::1]:7443"));
+        assert!(!looks_like_host_port("localhost"));
+        assert!(!looks_like_host_port(":7443"));
+        assert!(!looks_like_host_port("h:0"));
+    }
+}

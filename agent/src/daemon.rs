@@ -1,0 +1,523 @@
+//! The agent daemon (`persona-agent run`): the sampling thread, the outbox and the link,
+//! wired together, with a graceful shutdown.
+//!
+//! Sampling runs on a dedicated OS thread because `/proc` reads block. Ticks sit on
+//! wall-clock multiples of the interval and a sample is stamped with its scheduled tick
+//! instant (12:00:01.000, read a few ms later), so timestamps compress to almost nothing
+//! and "one sample per second" can be checked exactly; rates still come from the
+//! collector's monotonic clock. A late loop skips the ticks it missed (a gap), never
+//! doubles one. After every tick the open batch is rewritten in the outbox, so a SIGKILL
+//! loses at most the tick in progress; at each batch boundary (also wall-clock aligned)
+//! the batch is sealed and the link is woken.
+//!
+//! This module owns the schedule and the wiring, not the collecting (`collect`), the
+//! storage (`outbox`) or the protocol (`link`).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use persona_shared::batch::BatchBuilder;
+use persona_shared::facts::HostFacts;
+use persona_shared::protocol::{Batch, encode_batch_frame};
+use persona_shared::sample::Sample;
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::collect::{CollectConfig, Collector};
+use crate::config::AgentConfig;
+use crate::enroll::{EnrollError, Identity};
+use crate::link::{self, Link, LinkConfig, LinkContext, LinkError, LinkStats, Settings};
+use crate::outbox::{Outbox, OutboxError, OutboxStats};
+
+/// Name of the outbox database in the state dir.
+pub const OUTBOX_FILE: &str = "outbox.db";
+/// Host facts are re-read at most this often, when the collector says they changed.
+const FACTS_EVERY: Duration = Duration::from_secs(60);
+/// How long the link may take to drain and close on shutdown, on top of its own
+/// drain timeout, before the daemon stops waiting.
+const LINK_STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid configuration: key `{key}`: {message}")]
+    Config { key: &'static str, message: String },
+    #[error(transparent)]
+    Identity(#[from] EnrollError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("cannot set up the link: {0}")]
+    Link(#[from] LinkError),
+    #[error("cannot start the sampling thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the sampling thread stopped unexpectedly")]
+    SamplerDied,
+}
+
+/// What a run did, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DaemonReport {
+    /// Samples stored (priming sample excluded).
+    pub samples: u64,
+    /// Ticks skipped because the loop fell behind.
+    pub skipped_ticks: u64,
+    pub batches_sealed: u64,
+    pub link: LinkStats,
+    pub outbox: OutboxStats,
+}
+
+/// Runs the agent until `shutdown` completes; see [`run_report`].
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    run_report(config, shutdown).await.map(|_| ())
+}
+
+/// Runs the agent until `shutdown` completes, then seals the open batch, gives the link
+/// up to [`link::DRAIN_TIMEOUT`] to deliver the outbox, closes and reports.
+pub async fn run_report(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<DaemonReport, DaemonError> {
+    config
+        .validate()
+        .map_err(|(key, message)| DaemonError::Config { key, message })?;
+    let identity = Identity::load(&config.state_dir)?;
+    let coordinator = config
+        .coordinator
+        .clone()
+        .unwrap_or_else(|| identity.coordinator.clone());
+    let outbox = Outbox::open(&config.state_dir.join(OUTBOX_FILE), config.outbox_max_bytes)?;
+    let outbox = Arc::new(Mutex::new(outbox));
+
+    let collector = Collector::new(CollectConfig {
+        proc_root: config.proc_root.clone(),
+        sys_root: config.sys_root.clone(),
+        top_n: config.top_n,
+        process_every: config.process_every,
+    });
+    let (facts_tx, facts_rx) = watch::channel(collector.host_facts());
+    let settings = Settings {
+        sample_interval_ms: config.sample_interval_ms,
+        batch_interval_s: config.batch_interval_s,
+    };
+    let (settings_tx, settings_rx) = watch::channel(settings);
+    let sealed = Arc::new(Notify::new());
+
+    let link = Link::new(
+        LinkConfig {
+            coordinator: coordinator.clone(),
+            state_dir: config.state_dir.clone(),
+            max_frame_bytes: config.max_frame_bytes,
+            purpose: config.wire_purpose(),
+        },
+        LinkContext {
+            outbox: outbox.clone(),
+            sealed: sealed.clone(),
+            facts: facts_rx,
+            settings: settings_tx,
+        },
+    )?;
+
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let (done_tx, mut done_rx) = oneshot::channel::<SamplerReport>();
+    let sampler = Sampler {
+        collector,
+        outbox: outbox.clone(),
+        sealed,
+        facts_tx,
+        settings_rx,
+        stop_rx,
+        max_frame: config.max_frame_bytes,
+        settings,
+        sample: Sample::default(),
+        open_seq: None,
+        open_window: 0,
+        builder: BatchBuilder::new(),
+        batch: Batch::default(),
+        frame: Vec::new(),
+        report: SamplerReport::default(),
+        outbox_errors: 0,
+        facts_dirty: false,
+        facts_read_at: Instant::now(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("persona-sampler".into())
+        .spawn(move || {
+            let report = sampler.run();
+            let _ = done_tx.send(report);
+        })
+        .map_err(DaemonError::Thread)?;
+    tracing::info!(
+        agent_id = %identity.agent_id,
+        coordinator = %coordinator,
+        state_dir = %config.state_dir.display(),
+        sample_interval_ms = settings.sample_interval_ms,
+        batch_interval_s = settings.batch_interval_s,
+        "agent started"
+    );
+
+    let (link_stop_tx, link_stop_rx) = watch::channel(false);
+    let mut link_task = tokio::spawn(link.run(link_stop_rx));
+
+    let mut early: Option<DaemonError> = None;
+    let mut sampler_report = None;
+    let mut link_stats = None;
+    tokio::select! {
+        () = shutdown => tracing::info!("shutting down"),
+        r = &mut done_rx => {
+            sampler_report = r.ok();
+            early = Some(DaemonError::SamplerDied);
+        }
+        r = &mut link_task => {
+            link_stats = r.ok();
+            tracing::error!("the link stopped unexpectedly");
+        }
+    }
+
+    // Sampler first: it seals the open batch, which the link then still delivers.
+    drop(stop_tx);
+    if sampler_report.is_none() {
+        sampler_report = done_rx.await.ok();
+    }
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    let _ = link_stop_tx.send(true);
+    if link_stats.is_none() {
+        match tokio::time::timeout(link::DRAIN_TIMEOUT + LINK_STOP_GRACE, &mut link_task).await {
+            Ok(r) => link_stats = r.ok(),
+            Err(_) => {
+                tracing::warn!("the link did not stop in time");
+                link_task.abort();
+            }
+        }
+    }
+    let outbox_stats = link::lock(&outbox).stats()?;
+    let s = sampler_report.unwrap_or_default();
+    let report = DaemonReport {
+        samples: s.samples,
+        skipped_ticks: s.skipped_ticks,
+        batches_sealed: s.batches_sealed,
+        link: link_stats.unwrap_or_default(),
+        outbox: outbox_stats,
+    };
+    tracing::info!(
+        samples = report.samples,
+        skipped_ticks = report.skipped_ticks,
+        batches_sealed = report.batches_sealed,
+        outbox_pending = outbox_stats.pending_batches,
+        outbox_dropped = outbox_stats.dropped_batches,
+        "agent stopped"
+    );
+    match early {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct SamplerReport {
+    samples: u64,
+    skipped_ticks: u64,
+    batches_sealed: u64,
+}
+
+/// The sampling thread's state. Every buffer is reused from tick to tick.
+struct Sampler {
+    collector: Collector,
+    outbox: Arc<Mutex<Outbox>>,
+    sealed: Arc<Notify>,
+    facts_tx: watch::Sender<HostFacts>,
+    settings_rx: watch::Receiver<Settings>,
+    stop_rx: mpsc::Receiver<()>,
+    max_frame: usize,
+    settings: Settings,
+    /// The sample being filled.
+    sample: Sample,
+    open_seq: Option<u64>,
+    /// Batch window (tick / batch length) of the open batch.
+    open_window: i64,
+    /// The open batch's samples; re-encoded into `batch` after every tick so the outbox
+    /// always holds everything sampled so far.
+    builder: BatchBuilder,
+    batch: Batch,
+    frame: Vec<u8>,
+    report: SamplerReport,
+    outbox_errors: u64,
+    facts_dirty: bool,
+    facts_read_at: Instant,
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The tick schedule on the wall clock, separate from I/O so it can be tested.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub interval_ms: i64,
+    pub batch_ms: i64,
+}
+
+impl Schedule {
+    fn new(s: Settings) -> Self {
+        Self {
+            interval_ms: i64::try_from(s.sample_interval_ms).unwrap_or(1000).max(1),
+            batch_ms: i64::try_from(s.batch_interval_s.saturating_mul(1000))
+                .unwrap_or(10_000)
+                .max(1),
+        }
+    }
+
+    /// The first tick strictly after `t`.
+    pub fn next_after(&self, t: i64) -> i64 {
+        (t.div_euclid(self.interval_ms) + 1) * self.interval_ms
+    }
+
+    /// The tick to sample when the loop wakes at `now` for the scheduled tick `due`:
+    /// `due` itself, or, when at least one more tick has passed since, the latest tick
+    /// (the ones in between are skipped). Returns (tick, ticks skipped).
+    pub fn tick_for(&self, due: i64, now: i64) -> (i64, u64) {
+        if now - due >= self.interval_ms {
+            let latest = now.div_euclid(self.interval_ms) * self.interval_ms;
+            (
+                latest,
+                u64::try_from((latest - due) / self.interval_ms).unwrap_or(0),
+            )
+        } else {
+            (due, 0)
+        }
+    }
+
+    /// The batch window a tick belongs to.
+    pub fn window(&self, tick: i64) -> i64 {
+        tick.div_euclid(self.batch_ms)
+    }
+
+    /// Whether `tick` is the last tick of its batch window.
+    pub fn ends_window(&self, tick: i64) -> bool {
+        self.window(tick + self.interval_ms) != self.window(tick)
+    }
+}
+
+impl Sampler {
+    fn run(mut self) -> SamplerReport {
+        let mut sched = Schedule::new(self.settings);
+        // Priming: the collector computes rates from the previous tick, so this sample
+        // is thrown away and the first stored one has rates. The first real tick is at
+        // least half an interval later, so its rates span a meaningful time.
+        let primed_at = wall_ms();
+        self.collector.sample(primed_at, &mut self.sample);
+        let mut due = sched.next_after(primed_at + sched.interval_ms / 2);
+        loop {
+            // Sleep until the tick, waking early for shutdown. Wall-clock steps are
+            // re-read on every wake.
+            loop {
+                let now = wall_ms();
+                if now >= due {
+                    break;
+                }
+                if due - now > 2 * sched.interval_ms {
+                    // The clock went back: restart the schedule from now. The open
+                    // batch is sealed so timestamps stay increasing inside every batch.
+                    tracing::warn!(
+                        jump_ms = due - now,
+                        "wall clock went backwards; restarting the tick schedule"
+                    );
+                    self.seal_open();
+                    due = sched.next_after(now);
+                    continue;
+                }
+                let wait = Duration::from_millis(u64::try_from(due - now).unwrap_or(0));
+                match self.stop_rx.recv_timeout(wait) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                        self.seal_open();
+                        return self.report;
+                    }
+                }
+            }
+            let (tick, skipped) = sched.tick_for(due, wall_ms());
+            if skipped > 0 {
+                self.report.skipped_ticks += skipped;
+                tracing::debug!(skipped, "sampling fell behind; ticks skipped");
+            }
+            self.tick(&sched, tick);
+            due = tick + sched.interval_ms;
+
+            if self.settings_rx.has_changed().unwrap_or(false) {
+                let new = *self.settings_rx.borrow_and_update();
+                if new != self.settings {
+                    self.seal_open();
+                    self.settings = new;
+                    sched = Schedule::new(new);
+                    due = sched.next_after(tick);
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, sched: &Schedule, tick: i64) {
+        let report = self.collector.sample(tick, &mut self.sample);
+        self.report.samples += 1;
+        if report.facts_changed {
+            self.facts_dirty = true;
+        }
+        if self.facts_dirty && self.facts_read_at.elapsed() >= FACTS_EVERY {
+            self.facts_dirty = false;
+            self.facts_read_at = Instant::now();
+            let facts = self.collector.host_facts();
+            self.facts_tx.send_if_modified(|cur| {
+                let changed = *cur != facts;
+                if changed {
+                    *cur = facts;
+                }
+                changed
+            });
+        }
+
+        let window = sched.window(tick);
+        let last_ts = self.builder.last_ts();
+        if !self.builder.is_empty()
+            && (window != self.open_window || last_ts.is_some_and(|t| t >= tick))
+        {
+            self.seal_open();
+        }
+        if self.builder.is_empty() {
+            self.open_window = window;
+        }
+        self.builder.push(&self.sample);
+
+        if sched.ends_window(tick) {
+            self.seal_open();
+        } else if self.encode_open() {
+            if self.frame.len() > self.max_frame / 2 {
+                // Far more devices than expected: seal early rather than risk a frame
+                // over the maximum.
+                self.seal_open();
+            } else if let Some(seq) = self.open_seq {
+                let r =
+                    link::lock(&self.outbox).put_open(seq, self.frame.get(4..).unwrap_or_default());
+                self.outbox_result(r);
+            }
+        }
+    }
+
+    /// Encodes the builder's samples as the open batch into `self.frame` (length prefix
+    /// included), reserving its sequence number first if needed. False on failure
+    /// (logged), in which case the open batch is kept in memory only.
+    fn encode_open(&mut self) -> bool {
+        if self.builder.is_empty() {
+            return false;
+        }
+        let seq = match self.open_seq {
+            Some(s) => s,
+            None => {
+                let r = link::lock(&self.outbox).reserve_seq();
+                match r {
+                    Ok(s) => {
+                        self.open_seq = Some(s);
+                        s
+                    }
+                    Err(e) => {
+                        self.outbox_result::<()>(Err(e));
+                        return false;
+                    }
+                }
+            }
+        };
+        if !self.builder.encode_into(seq, &mut self.batch) {
+            return false;
+        }
+        self.frame.clear();
+        match encode_batch_frame(&self.batch, &mut self.frame, self.max_frame) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(
+                    seq,
+                    samples = self.builder.len(),
+                    "cannot encode the batch: {e}; its samples are lost"
+                );
+                self.builder.clear();
+                false
+            }
+        }
+    }
+
+    /// Seals the open batch (if any) and wakes the link.
+    fn seal_open(&mut self) {
+        if self.builder.is_empty() {
+            return;
+        }
+        if self.encode_open()
+            && let Some(seq) = self.open_seq
+        {
+            let r = link::lock(&self.outbox).seal(seq, self.frame.get(4..).unwrap_or_default());
+            if self.outbox_result(r).is_some() {
+                self.report.batches_sealed += 1;
+                tracing::debug!(
+                    seq,
+                    samples = self.builder.len(),
+                    bytes = self.frame.len(),
+                    "batch sealed"
+                );
+                self.sealed.notify_one();
+            }
+        }
+        self.builder.clear();
+        self.open_seq = None;
+    }
+
+    /// Logs outbox failures (the first, then one in 60) and carries on: a full disk must
+    /// not stop sampling.
+    fn outbox_result<T>(&mut self, r: Result<T, OutboxError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                if self.outbox_errors.is_multiple_of(60) {
+                    tracing::warn!(errors = self.outbox_errors + 1, "outbox write failed: {e}");
+                }
+                self.outbox_errors += 1;
+                None
+            }
+        }
+    }
+}
+
+/// The state dir's outbox path (for tools and tests that inspect it).
+pub fn outbox_path(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join(OUTBOX_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_aligned_and_late_ticks_are_skipped() {
+        let s = Schedule::new(Settings {
+            sample_interval_ms: 1000,
+            batch_interval_s: 10,
+        });
+        assert_eq!(s.next_after(12_345), 13_000);
+        assert_eq!(s.next_after(13_000), 14_000);
+        assert_eq!(s.tick_for(13_000, 13_004), (13_000, 0));
+        assert_eq!(s.tick_for(13_000, 13_999), (13_000, 0));
+        // Woke 3.2 s late: sample the latest tick, the two in between are a gap.
+        assert_eq!(s.tick_for(13_000, 16_200), (16_000, 3));
+        assert_eq!(s.window(19_000), 1);
+        assert!(s.ends_window(19_000));
+        assert!(!s.ends_window(20_000));
+        let s = Schedule::new(Settings {
+            sample_interval_ms: 300,
+            batch_interval_s: 1,
+        });
+        assert!(s.ends_window(900));
+        assert!(!s.ends_window(600));
+    }
+}

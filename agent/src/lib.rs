@@ -1,0 +1,14 @@
+//! The Persona agent: a small daemon inside the VM. It samples the machine (collect),
+//! shows what it sees (observe), and, as the daemon, keeps unacknowledged batches in a
+//! durable outbox and streams them to the coordinator over QUIC with mutual TLS after
+//! enrolling with a join token. Binaries call into this library.
+
+pub mod collect;
+pub mod config;
+pub mod daemon;
+pub mod enroll;
+pub mod link;
+pub mod logging;
+pub mod observe;
+pub mod outbox;
+pub mod tls;

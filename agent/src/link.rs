@@ -1,0 +1,832 @@
+//! The link to the coordinator: one QUIC connection with mutual TLS that delivers the
+//! outbox and keeps the control stream open.
+//!
+//! On each connection the agent opens the control stream, says Hello (version, host
+//! facts, declared purpose, last sequence number) and waits for Welcome, whose sampling
+//! settings it passes to the sampling thread. Then every sealed outbox batch, in sequence
+//! order, goes on its own bidirectional stream (one frame out, one frame back), with up
+//! to [`MAX_IN_FLIGHT`] at once so a backlog drains quickly. An Ack deletes the batch
+//! from the outbox; a permanent refusal deletes and counts it; anything else drops the
+//! connection, and everything unacknowledged is resent on the next one (the coordinator
+//! de-duplicates by sequence number). Connections are retried with capped exponential
+//! backoff and full jitter so a fleet does not stampede a restarted coordinator.
+//!
+//! The link never decodes batches and never blocks on disk for long: the outbox calls
+//! are short and the sampling runs on its own thread. Frames from the network are
+//! length-checked before any allocation and never unwrapped.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use persona_shared::facts::HostFacts;
+use persona_shared::protocol::{
+    AgentMsg, CoordMsg, FrameError, Hello, PROTOCOL_VERSION, Purpose, RejectCode, SERVER_NAME,
+    decode_body, encode_frame, frame_len,
+};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{BATCH_INTERVAL_RANGE_S, SAMPLE_INTERVAL_RANGE_MS};
+use crate::outbox::{Outbox, OutboxError};
+use crate::tls::{self, TlsError};
+
+/// Batches sent and not yet answered, at most.
+pub const MAX_IN_FLIGHT: usize = 8;
+/// How long the coordinator may take to answer Hello or a batch before the connection is
+/// considered dead (it acknowledges only after a commit, which takes milliseconds).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a connection that stayed up this long, the backoff starts again from the base.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+const STATS_EVERY: Duration = Duration::from_secs(60);
+/// On shutdown, how long the outbox may take to drain before the connection is closed.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Errors on one stream or one exchange of frames.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("cannot send: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream already closed: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+    #[error("cannot receive: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    #[error("bad frame from the coordinator: {0}")]
+    Frame(#[from] FrameError),
+    #[error("no answer within {secs} s to {what}")]
+    Timeout { what: &'static str, secs: u64 },
+}
+
+/// Why a connection ended or could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot resolve {addr}: {source}")]
+    Resolve {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{addr} resolves to no address")]
+    NoAddress { addr: String },
+    #[error("cannot open a UDP socket: {0}")]
+    Endpoint(std::io::Error),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: quinn::ConnectError,
+    },
+    #[error("handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: quinn::ConnectionError,
+    },
+    #[error("{context}: {source}")]
+    Wire {
+        context: &'static str,
+        source: WireError,
+    },
+    #[error("coordinator refused {what} ({code:?}): {message}")]
+    Rejected {
+        what: &'static str,
+        code: RejectCode,
+        message: String,
+    },
+    #[error("unexpected {got} in answer to {what}")]
+    Unexpected {
+        what: &'static str,
+        got: &'static str,
+    },
+    #[error("answer for batch {got} on the stream of batch {sent}")]
+    WrongAck { sent: u64, got: u64 },
+    #[error("{0}")]
+    Outbox(#[from] OutboxError),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+fn wire(context: &'static str) -> impl FnOnce(WireError) -> LinkError {
+    move |source| LinkError::Wire { context, source }
+}
+
+/// Name of a message kind, for errors (never the content, which may be large).
+fn kind(m: &CoordMsg) -> &'static str {
+    match m {
+        CoordMsg::Enrolled(_) => "Enrolled",
+        CoordMsg::Welcome(_) => "Welcome",
+        CoordMsg::Ack { .. } => "Ack",
+        CoordMsg::Reject(_) => "Reject",
+    }
+}
+
+/// Reads one frame body, checking its length against `max` before allocating.
+pub(crate) async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Vec<u8>, WireError> {
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await?;
+    let len = frame_len(header, max)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Reads and decodes one coordinator message, within [`ANSWER_TIMEOUT`].
+pub(crate) async fn read_msg(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+    what: &'static str,
+) -> Result<CoordMsg, WireError> {
+    let body = tokio::time::timeout(ANSWER_TIMEOUT, read_frame(recv, max))
+        .await
+        .map_err(|_| WireError::Timeout {
+            what,
+            secs: ANSWER_TIMEOUT.as_secs(),
+        })??;
+    Ok(decode_body(&body)?)
+}
+
+/// Encodes and writes one message as a frame.
+pub(crate) async fn write_msg(
+    send: &mut quinn::SendStream,
+    msg: &AgentMsg,
+    max: usize,
+) -> Result<(), WireError> {
+    let mut buf = Vec::new();
+    encode_frame(msg, &mut buf, max)?;
+    send.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Resolves HOST:PORT (again on every attempt: the coordinator's address may change).
+pub(crate) async fn resolve(addr: &str) -> Result<SocketAddr, LinkError> {
+    let mut addrs = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|source| LinkError::Resolve {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    addrs.next().ok_or_else(|| LinkError::NoAddress {
+        addr: addr.to_owned(),
+    })
+}
+
+/// A client-only QUIC endpoint on an ephemeral port of the target's address family.
+pub(crate) fn client_endpoint(target: SocketAddr) -> Result<quinn::Endpoint, LinkError> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    quinn::Endpoint::client(bind).map_err(LinkError::Endpoint)
+}
+
+/// Capped exponential backoff with full jitter: the n-th delay is uniform in
+/// `[0, min(cap, base * 2^n)]`.
+#[derive(Debug)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+    rng: u64,
+}
+
+impl Backoff {
+    /// 500 ms doubling up to 30 s, as the protocol spec asks.
+    pub fn standard() -> Self {
+        Self::new(Duration::from_millis(500), Duration::from_secs(30))
+    }
+
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        // Seeded from the OS so that agents started together do not retry together.
+        let mut seed = [0u8; 8];
+        let rng = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+            .map(|()| u64::from_le_bytes(seed))
+            .unwrap_or_else(|_| {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                t.as_nanos() as u64 ^ u64::from(std::process::id())
+            });
+        Self {
+            base,
+            cap,
+            attempt: 0,
+            rng: rng | 1,
+        }
+    }
+
+    /// The ceiling of the next delay (before jitter).
+    pub fn ceiling(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// The next delay; each call doubles the ceiling up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        // xorshift64: plenty for jitter, which only needs to be spread, not secret.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let ms = ceiling.as_millis() as u64;
+        Duration::from_millis(if ms == 0 { 0 } else { self.rng % (ms + 1) })
+    }
+
+    /// Back to the base after a healthy connection.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// Straight to the cap (the coordinator refused us; retrying fast cannot help).
+    pub fn exhaust(&mut self) {
+        self.attempt = 32;
+    }
+}
+
+/// Sampling settings, from the configuration and then from the coordinator's Welcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub sample_interval_ms: u64,
+    pub batch_interval_s: u64,
+}
+
+impl Settings {
+    /// Adopts the non-zero values of a Welcome that are in the valid ranges.
+    fn adopt(&self, sample_interval_ms: u32, batch_interval_s: u32) -> Settings {
+        let mut s = *self;
+        let ms = u64::from(sample_interval_ms);
+        if ms != 0 {
+            if SAMPLE_INTERVAL_RANGE_MS.contains(&ms) {
+                s.sample_interval_ms = ms;
+            } else {
+                tracing::warn!(
+                    sample_interval_ms = ms,
+                    "ignoring the coordinator's out-of-range sample interval"
+                );
+            }
+        }
+        let bs = u64::from(batch_interval_s);
+        if bs != 0 {
+            if BATCH_INTERVAL_RANGE_S.contains(&bs) && bs * 1000 >= s.sample_interval_ms {
+                s.batch_interval_s = bs;
+            } else {
+                tracing::warn!(
+                    batch_interval_s = bs,
+                    "ignoring the coordinator's out-of-range batch interval"
+                );
+            }
+        }
+        s
+    }
+}
+
+/// What the link has done, for logs, benchmarks and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Connections that got a Welcome.
+    pub connections: u64,
+    /// Connection attempts after the first.
+    pub reconnects: u64,
+    pub batches_sent: u64,
+    pub batches_acked: u64,
+    /// Acks that said the coordinator already had the batch.
+    pub batches_duplicate: u64,
+    pub batches_rejected: u64,
+    /// Bytes of batch frames written (payload, before QUIC framing).
+    pub batch_bytes: u64,
+    /// UDP bytes sent and received by QUIC, all connections together.
+    pub udp_tx_bytes: u64,
+    pub udp_rx_bytes: u64,
+}
+
+/// Static settings of the link.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// HOST:PORT.
+    pub coordinator: String,
+    /// Where cert.pem, key.pem and ca.pem are.
+    pub state_dir: PathBuf,
+    pub max_frame_bytes: usize,
+    pub purpose: Option<Purpose>,
+}
+
+/// What the link shares with the rest of the daemon.
+#[derive(Debug, Clone)]
+pub struct LinkContext {
+    pub outbox: Arc<Mutex<Outbox>>,
+    /// Notified by the sampling thread whenever a batch is sealed.
+    pub sealed: Arc<Notify>,
+    /// Current host facts, updated by the sampling thread.
+    pub facts: watch::Receiver<HostFacts>,
+    /// Where Welcome's settings go (the sampling thread watches it).
+    pub settings: watch::Sender<Settings>,
+}
+
+/// Locks the outbox; a panic elsewhere while it was held leaves SQLite consistent, so a
+/// poisoned lock is taken over rather than propagated.
+pub(crate) fn lock(outbox: &Mutex<Outbox>) -> MutexGuard<'_, Outbox> {
+    outbox
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The link. Build it with [`Link::new`] (which reads the TLS files, so configuration
+/// errors show at start-up) and drive it with [`Link::run`].
+#[derive(Debug)]
+pub struct Link {
+    cfg: LinkConfig,
+    ctx: LinkContext,
+    client: quinn::ClientConfig,
+    stats: LinkStats,
+    /// Set during a session when it proved healthy (acked a batch or lasted long).
+    healthy: bool,
+}
+
+/// How a session ended without error.
+enum SessionEnd {
+    /// Shut down: drained or timed out.
+    Shutdown,
+}
+
+impl Link {
+    pub fn new(cfg: LinkConfig, ctx: LinkContext) -> Result<Link, LinkError> {
+        let client = tls::mtls_client_config(
+            &cfg.state_dir.join(crate::enroll::CERT_FILE),
+            &cfg.state_dir.join(crate::enroll::KEY_FILE),
+            &cfg.state_dir.join(crate::enroll::CA_FILE),
+        )?;
+        Ok(Link {
+            cfg,
+            ctx,
+            client,
+            stats: LinkStats::default(),
+            healthy: false,
+        })
+    }
+
+    /// Runs until `shutdown` becomes true, then drains the outbox for up to
+    /// [`DRAIN_TIMEOUT`] if connected, closes the connection and returns the statistics.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> LinkStats {
+        let mut backoff = Backoff::standard();
+        let mut attempts = 0u64;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if attempts > 0 {
+                self.stats.reconnects += 1;
+            }
+            attempts += 1;
+            self.healthy = false;
+            let started = Instant::now();
+            match self.session(&mut shutdown).await {
+                Ok(SessionEnd::Shutdown) => break,
+                Err(e) => {
+                    if self.healthy || started.elapsed() >= HEALTHY_AFTER {
+                        backoff.reset();
+                    }
+                    match &e {
+                        LinkError::Rejected {
+                            code: RejectCode::Revoked,
+                            ..
+                        } => {
+                            tracing::error!(
+                                "{e}; this agent was revoked: enroll it again to resume streaming"
+                            );
+                            backoff.exhaust();
+                        }
+                        LinkError::Rejected {
+                            code: RejectCode::NotEnrolled,
+                            ..
+                        } => {
+                            tracing::error!(
+                                "{e}; the coordinator does not know this agent: enroll it again"
+                            );
+                            backoff.exhaust();
+                        }
+                        _ => tracing::warn!("link: {e}"),
+                    }
+                }
+            }
+            let delay = backoff.next_delay();
+            tracing::debug!(
+                delay_ms = delay.as_millis() as u64,
+                "reconnecting after backoff"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = until_true(&mut shutdown) => {}
+            }
+        }
+        self.log_stats("link stopped", None);
+        self.stats
+    }
+
+    fn log_stats(&self, what: &str, live: Option<&quinn::Connection>) {
+        let (tx, rx) = live.map_or((0, 0), |c| {
+            let s = c.stats();
+            (s.udp_tx.bytes, s.udp_rx.bytes)
+        });
+        let s = &self.stats;
+        let pending = lock(&self.ctx.outbox)
+            .stats()
+            .map(|o| o.pending_batches)
+            .unwrap_or(0);
+        tracing::info!(
+            connections = s.connections,
+            reconnects = s.reconnects,
+            batches_sent = s.batches_sent,
+            batches_acked = s.batches_acked,
+            batches_duplicate = s.batches_duplicate,
+            batches_rejected = s.batches_rejected,
+            batch_bytes = s.batch_bytes,
+            udp_tx_bytes = s.udp_tx_bytes + tx,
+            udp_rx_bytes = s.udp_rx_bytes + rx,
+            outbox_pending = pending,
+            "{what}"
+        );
+    }
+
+    /// One connection, from connect to close.
+    async fn session(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<SessionEnd, LinkError> {
+        let addr = resolve(&self.cfg.coordinator).await?;
+        let endpoint = client_endpoint(addr)?;
+        let connecting = endpoint
+            .connect_with(self.client.clone(), addr, SERVER_NAME)
+            .map_err(|source| LinkError::Connect { addr, source })?;
+        // A coordinator that is down leaves the handshake pending until the timeout;
+        // shutdown must not wait for it.
+        let connected = tokio::select! {
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => r,
+            () = until_true(shutdown) => return Ok(SessionEnd::Shutdown),
+        };
+        let conn = match connected {
+            Ok(r) => r.map_err(|source| LinkError::Handshake { addr, source })?,
+            Err(_) => {
+                return Err(LinkError::Wire {
+                    context: "handshake",
+                    source: WireError::Timeout {
+                        what: "the handshake",
+                        secs: CONNECT_TIMEOUT.as_secs(),
+                    },
+                });
+            }
+        };
+        let result = self.serve(&conn, shutdown).await;
+        let s = conn.stats();
+        self.stats.udp_tx_bytes += s.udp_tx.bytes;
+        self.stats.udp_rx_bytes += s.udp_rx.bytes;
+        let (code, reason): (u32, &[u8]) = match &result {
+            Ok(_) => (0, b"shutdown"),
+            Err(_) => (1, b"error"),
+        };
+        conn.close(code.into(), reason);
+        // Let the close reach the coordinator (bounded: it may be gone).
+        let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
+        result
+    }
+
+    /// The protocol on an established connection.
+    async fn serve(
+        &mut self,
+        conn: &quinn::Connection,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<SessionEnd, LinkError> {
+        let max = self.cfg.max_frame_bytes;
+        // A client refused in the handshake only finds out on its first stream: the
+        // Hello exchange is where a revoked or unknown certificate shows.
+        let (mut ctl_send, mut ctl_recv) = conn.open_bi().await.map_err(|e| LinkError::Wire {
+            context: "control stream",
+            source: e.into(),
+        })?;
+        let facts = self.ctx.facts.borrow_and_update().clone();
+        let last_seq = lock(&self.ctx.outbox).last_seq();
+        let hello = AgentMsg::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            facts,
+            purpose: self.cfg.purpose.clone(),
+            last_seq,
+        });
+        write_msg(&mut ctl_send, &hello, max)
+            .await
+            .map_err(wire("sending Hello"))?;
+        let answer = tokio::select! {
+            r = read_msg(&mut ctl_recv, max, "Hello") => r,
+            () = until_true(shutdown) => return Ok(SessionEnd::Shutdown),
+        };
+        let welcome = match answer.map_err(wire("waiting for Welcome"))? {
+            CoordMsg::Welcome(w) => w,
+            CoordMsg::Reject(r) => {
+                return Err(LinkError::Rejected {
+                    what: "Hello",
+                    code: r.code,
+                    message: r.message,
+                });
+            }
+            other => {
+                return Err(LinkError::Unexpected {
+                    what: "Hello",
+                    got: kind(&other),
+                });
+            }
+        };
+        self.stats.connections += 1;
+        tracing::info!(
+            coordinator = %self.cfg.coordinator,
+            agent_id = %welcome.agent_id,
+            committed_seq = welcome.committed_seq,
+            "connected"
+        );
+        self.ctx.settings.send_if_modified(|cur| {
+            let new = cur.adopt(welcome.sample_interval_ms, welcome.batch_interval_s);
+            let changed = new != *cur;
+            if changed {
+                tracing::info!(
+                    sample_interval_ms = new.sample_interval_ms,
+                    batch_interval_s = new.batch_interval_s,
+                    "adopting the coordinator's sampling settings"
+                );
+            }
+            *cur = new;
+            changed
+        });
+        {
+            let mut ob = lock(&self.ctx.outbox);
+            if welcome.committed_seq > ob.last_seq() {
+                // The coordinator has seen numbers this outbox never handed out (restored
+                // disk image, cloned VM): jump past them so no new batch is taken for a
+                // duplicate.
+                tracing::warn!(
+                    committed_seq = welcome.committed_seq,
+                    last_seq = ob.last_seq(),
+                    "coordinator is ahead of the outbox; skipping sequence numbers"
+                );
+                ob.bump_next_seq(welcome.committed_seq + 1)?;
+            }
+        }
+
+        // Coordinator messages on the control stream (Reject before a close; commands
+        // later) are read by a task of their own: a read is not cancellation-safe.
+        let mut control = tokio::spawn(async move {
+            loop {
+                match read_frame(&mut ctl_recv, max).await {
+                    Ok(body) => match decode_body::<CoordMsg>(&body) {
+                        Ok(CoordMsg::Reject(r)) => {
+                            return LinkError::Rejected {
+                                what: "the connection",
+                                code: r.code,
+                                message: r.message,
+                            };
+                        }
+                        Ok(other) => {
+                            tracing::debug!(kind = kind(&other), "ignoring a control message")
+                        }
+                        Err(e) => return wire("control stream")(e.into()),
+                    },
+                    Err(e) => return wire("control stream")(e),
+                }
+            }
+        });
+        let result = self
+            .deliver(conn, &mut ctl_send, &mut control, shutdown)
+            .await;
+        control.abort();
+        result
+    }
+
+    /// Sends the outbox and answers events until the connection fails or shutdown.
+    async fn deliver(
+        &mut self,
+        conn: &quinn::Connection,
+        ctl_send: &mut quinn::SendStream,
+        control: &mut tokio::task::JoinHandle<LinkError>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<SessionEnd, LinkError> {
+        let max = self.cfg.max_frame_bytes;
+        let mut inflight: JoinSet<(u64, Result<CoordMsg, WireError>)> = JoinSet::new();
+        // Highest seq handed to a stream on this connection; a new connection resends
+        // everything still in the outbox.
+        let mut dispatched = 0u64;
+        let mut drain_until: Option<tokio::time::Instant> = None;
+        let mut stats_tick = tokio::time::interval(STATS_EVERY);
+        stats_tick.reset();
+        let mut facts_alive = true;
+        let connected_at = Instant::now();
+        loop {
+            if drain_until.is_none() && *shutdown.borrow() {
+                drain_until = Some(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+            }
+            if inflight.len() < MAX_IN_FLIGHT {
+                let batches = lock(&self.ctx.outbox)
+                    .pending_after(dispatched, MAX_IN_FLIGHT - inflight.len())?;
+                for (seq, body) in batches {
+                    dispatched = seq;
+                    self.stats.batches_sent += 1;
+                    self.stats.batch_bytes += body.len() as u64 + 4;
+                    inflight.spawn(send_batch(conn.clone(), seq, body, max));
+                }
+            }
+            if drain_until.is_some() && inflight.is_empty() {
+                tracing::debug!("outbox drained");
+                return Ok(SessionEnd::Shutdown);
+            }
+            if connected_at.elapsed() >= HEALTHY_AFTER {
+                self.healthy = true;
+            }
+            tokio::select! {
+                Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
+                    let (seq, answer) = joined.map_err(|e| LinkError::Task(e.to_string()))?;
+                    self.answer(seq, answer)?;
+                }
+                () = self.ctx.sealed.notified() => {}
+                changed = self.ctx.facts.changed(), if facts_alive => match changed {
+                    Ok(()) => {
+                        let facts = self.ctx.facts.borrow_and_update().clone();
+                        tracing::info!("host facts changed; sending them");
+                        write_msg(ctl_send, &AgentMsg::Facts(facts), max).await.map_err(wire("sending Facts"))?;
+                    }
+                    Err(_) => facts_alive = false,
+                },
+                ended = &mut *control => return Err(ended.unwrap_or_else(|e| LinkError::Task(e.to_string()))),
+                e = conn.closed() => return Err(LinkError::Wire { context: "connection", source: e.into() }),
+                () = until_true(shutdown), if drain_until.is_none() => {
+                    drain_until = Some(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                }
+                () = sleep_until_opt(drain_until) => {
+                    let pending = lock(&self.ctx.outbox).stats().map(|s| s.pending_batches).unwrap_or(0);
+                    tracing::warn!(pending, "shutdown: outbox not drained in time; the rest is sent on the next start");
+                    return Ok(SessionEnd::Shutdown);
+                }
+                _ = stats_tick.tick() => self.log_stats("link stats", Some(conn)),
+            }
+        }
+    }
+
+    /// Handles the coordinator's answer to batch `seq`.
+    fn answer(&mut self, seq: u64, answer: Result<CoordMsg, WireError>) -> Result<(), LinkError> {
+        match answer.map_err(wire("sending a batch"))? {
+            CoordMsg::Ack {
+                seq: got,
+                duplicate,
+            } => {
+                if got != seq {
+                    return Err(LinkError::WrongAck { sent: seq, got });
+                }
+                lock(&self.ctx.outbox).ack(seq)?;
+                self.stats.batches_acked += 1;
+                if duplicate {
+                    self.stats.batches_duplicate += 1;
+                }
+                self.healthy = true;
+                tracing::debug!(seq, duplicate, "batch {seq} acked");
+                Ok(())
+            }
+            CoordMsg::Reject(r) if is_permanent(r.code) => {
+                lock(&self.ctx.outbox).reject(seq)?;
+                self.stats.batches_rejected += 1;
+                tracing::warn!(seq, code = ?r.code, "coordinator refused batch {seq} for good: {}; dropped", r.message);
+                Ok(())
+            }
+            CoordMsg::Reject(r) => Err(LinkError::Rejected {
+                what: "a batch",
+                code: r.code,
+                message: r.message,
+            }),
+            other => Err(LinkError::Unexpected {
+                what: "a batch",
+                got: kind(&other),
+            }),
+        }
+    }
+}
+
+/// Refusals that resending the same bytes cannot cure.
+fn is_permanent(code: RejectCode) -> bool {
+    matches!(
+        code,
+        RejectCode::BadMessage | RejectCode::BadTimestamps | RejectCode::TooLarge
+    )
+}
+
+/// Completes once shutdown is requested (or its sender is gone).
+async fn until_true(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One batch on its own stream: the frame out, one answer back.
+async fn send_batch(
+    conn: quinn::Connection,
+    seq: u64,
+    body: Vec<u8>,
+    max: usize,
+) -> (u64, Result<CoordMsg, WireError>) {
+    let r = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
+            len: body.len(),
+            max,
+        })?;
+        send.write_all(&len.to_be_bytes()).await?;
+        send.write_all(&body).await?;
+        send.finish()?;
+        read_msg(&mut recv, max, "a batch").await
+    }
+    .await;
+    (seq, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_within_bounds_and_grows_to_the_cap() {
+        let mut b = Backoff::standard();
+        let mut max_seen = Duration::ZERO;
+        for n in 0..40u32 {
+            let ceiling =
+                Duration::from_millis(500).saturating_mul(1u32.checked_shl(n).unwrap_or(u32::MAX));
+            let ceiling = ceiling.min(Duration::from_secs(30));
+            assert_eq!(b.ceiling(), ceiling, "attempt {n}");
+            let d = b.next_delay();
+            assert!(d <= ceiling, "attempt {n}: {d:?} > {ceiling:?}");
+            max_seen = max_seen.max(d);
+        }
+        assert_eq!(b.ceiling(), Duration::from_secs(30));
+        assert!(
+            max_seen > Duration::from_secs(5),
+            "jitter should reach well into the range: {max_seen:?}"
+        );
+        b.reset();
+        assert_eq!(b.ceiling(), Duration::from_millis(500));
+        assert!(b.next_delay() <= Duration::from_millis(500));
+        b.exhaust();
+        assert_eq!(b.ceiling(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn jitter_is_spread() {
+        let mut b = Backoff::new(Duration::from_secs(30), Duration::from_secs(30));
+        let delays: Vec<_> = (0..200).map(|_| b.next_delay().as_millis()).collect();
+        let low = delays.iter().filter(|&&d| d < 15_000).count();
+        assert!((50..150).contains(&low), "{low} of 200 below the middle");
+        // Two agents started together do not draw the same delays.
+        let mut other = Backoff::new(Duration::from_secs(30), Duration::from_secs(30));
+        let theirs: Vec<_> = (0..200).map(|_| other.next_delay().as_millis()).collect();
+        assert_ne!(delays, theirs);
+    }
+
+    #[test]
+    fn welcome_settings_are_checked() {
+        let s = Settings {
+            sample_interval_ms: 1000,
+            batch_interval_s: 10,
+        };
+        assert_eq!(s.adopt(0, 0), s);
+        assert_eq!(
+            s.adopt(500, 5),
+            Settings {
+                sample_interval_ms: 500,
+                batch_interval_s: 5
+            }
+        );
+        assert_eq!(s.adopt(5, 100_000), s);
+        assert_eq!(
+            s.adopt(2000, 1),
+            Settings {
+                sample_interval_ms: 2000,
+                batch_interval_s: 10
+            }
+        );
+    }
+
+    #[test]
+    fn permanent_refusals() {
+        assert!(is_permanent(RejectCode::BadTimestamps));
+        assert!(is_permanent(RejectCode::TooLarge));
+        assert!(!is_permanent(RejectCode::Internal));
+        assert!(!is_permanent(RejectCode::Revoked));
+    }
+}

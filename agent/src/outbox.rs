@@ -1,0 +1,543 @@
+//! The durable outbox: every telemetry batch the coordinator has not acknowledged, in
+//! SQLite (`state_dir/outbox.db`), so that neither a dead link, nor an agent restart,
+//! nor a VM reboot loses data.
+//!
+//! A batch is stored as the MessagePack body of its `AgentMsg::Batch` frame (without the
+//! 4-byte length prefix), ready to send. The batch being filled is stored too, marked
+//! unsealed, and rewritten after every tick; a crash therefore loses at most the tick in
+//! progress, and on the next start the unsealed batch is sealed as it is.
+//!
+//! Durability: WAL with `synchronous=NORMAL`, so a commit survives the process being
+//! killed (the WAL is in the kernel's page cache) without an fsync per tick. Sealing a
+//! batch commits with `synchronous=FULL` (one fsync per batch interval): a sealed batch,
+//! and the sequence counter that numbered it, survive a power loss before the batch can
+//! ever be sent. On power loss the agent can therefore lose the unsealed batch (at most
+//! one batch interval) and forget acknowledgements (those batches are resent and the
+//! coordinator de-duplicates them); it never reuses a sequence number the coordinator
+//! may have seen.
+//!
+//! The outbox is bounded: when the stored bytes exceed the bound, the oldest sealed
+//! batches are deleted and counted (`dropped_batches`, `dropped_bytes`). This module
+//! knows nothing about the network or about what a batch contains.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Outbox errors, each with the database file.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("outbox {path}: batch {seq} is already sealed")]
+    AlreadySealed { path: PathBuf, seq: u64 },
+    #[error("outbox {path}: sequence number {seq} is out of range")]
+    SeqRange { path: PathBuf, seq: u64 },
+}
+
+/// Counters and sizes, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxStats {
+    /// Sealed batches waiting for an acknowledgement.
+    pub pending_batches: u64,
+    /// Bytes stored, the open batch included.
+    pub stored_bytes: u64,
+    /// The sequence number the next new batch will get.
+    pub next_seq: u64,
+    /// Batches deleted unsent because the outbox was full, since it was created.
+    pub dropped_batches: u64,
+    pub dropped_bytes: u64,
+    /// Batches the coordinator refused permanently (deleted, counted).
+    pub rejected_batches: u64,
+    /// Batches acknowledged and deleted, since it was created.
+    pub acked_batches: u64,
+}
+
+/// The outbox database. Not `Sync`: share it behind a mutex; every call is short.
+#[derive(Debug)]
+pub struct Outbox {
+    conn: Connection,
+    path: PathBuf,
+    max_bytes: u64,
+    /// Sum of stored frame sizes, kept in memory so the bound costs no query per tick.
+    stored_bytes: u64,
+    next_seq: u64,
+    /// The unsealed batch, if any: (seq, stored size).
+    open: Option<(u64, u64)>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS batches (
+    seq        INTEGER PRIMARY KEY,
+    sealed     INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    frame      BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta(key, value) VALUES
+    ('next_seq', 1), ('dropped_batches', 0), ('dropped_bytes', 0),
+    ('rejected_batches', 0), ('acked_batches', 0);
+";
+
+fn to_i64(seq: u64, path: &Path) -> Result<i64, OutboxError> {
+    i64::try_from(seq).map_err(|_| OutboxError::SeqRange {
+        path: path.to_owned(),
+        seq,
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox at `path`; seals a batch left unsealed by a crash.
+    pub fn open(path: &Path, max_bytes: u64) -> Result<Outbox, OutboxError> {
+        let sq = |source| OutboxError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sq)?;
+        // WAL: readers never block the writer, and a commit is one append.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sq)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sq)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sq)?;
+        conn.execute_batch(SCHEMA).map_err(sq)?;
+        restrict_mode(path);
+
+        let resealed = conn
+            .execute("UPDATE batches SET sealed = 1 WHERE sealed = 0", [])
+            .map_err(sq)?;
+        if resealed > 0 {
+            tracing::info!(
+                batches = resealed,
+                "outbox: sealed the batch left open by the previous run"
+            );
+        }
+        let stored: i64 = conn
+            .query_row(
+                "SELECT COALESCE(SUM(LENGTH(frame)), 0) FROM batches",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sq)?;
+        let max_seq: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM batches", [], |r| {
+                r.get(0)
+            })
+            .map_err(sq)?;
+        let next: i64 = conn
+            .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
+                r.get(0)
+            })
+            .map_err(sq)?;
+        let mut ob = Outbox {
+            conn,
+            path: path.to_owned(),
+            max_bytes,
+            stored_bytes: u64::try_from(stored).unwrap_or(0),
+            next_seq: u64::try_from(next).unwrap_or(1).max(1),
+            open: None,
+        };
+        // Defensive: the counter must be above every stored batch even if meta was lost.
+        let above = u64::try_from(max_seq).unwrap_or(0) + 1;
+        if ob.next_seq < above {
+            ob.bump_next_seq(above)?;
+        }
+        ob.enforce_bound()?;
+        Ok(ob)
+    }
+
+    fn sq(&self) -> impl Fn(rusqlite::Error) -> OutboxError + '_ {
+        |source| OutboxError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Highest sequence number ever assigned (0 = none), for Hello.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Assigns the next sequence number to a new batch and persists the counter, so the
+    /// number is never handed out again.
+    pub fn reserve_seq(&mut self) -> Result<u64, OutboxError> {
+        let seq = self.next_seq;
+        let next = to_i64(seq + 1, &self.path)?;
+        self.conn
+            .execute("UPDATE meta SET value = ?1 WHERE key = 'next_seq'", [next])
+            .map_err(self.sq())?;
+        self.next_seq = seq + 1;
+        Ok(seq)
+    }
+
+    /// Raises the counter to at least `min_next` (the coordinator has committed more than
+    /// this outbox remembers, e.g. after a restore from an old disk image).
+    pub fn bump_next_seq(&mut self, min_next: u64) -> Result<(), OutboxError> {
+        if min_next <= self.next_seq {
+            return Ok(());
+        }
+        let v = to_i64(min_next, &self.path)?;
+        self.conn
+            .execute("UPDATE meta SET value = ?1 WHERE key = 'next_seq'", [v])
+            .map_err(self.sq())?;
+        self.next_seq = min_next;
+        Ok(())
+    }
+
+    /// Stores (or rewrites) the open batch `seq`, not yet to be sent.
+    pub fn put_open(&mut self, seq: u64, frame: &[u8]) -> Result<(), OutboxError> {
+        self.put(seq, frame, false)
+    }
+
+    /// Stores batch `seq` as final and ready to send, durably (fsync).
+    pub fn seal(&mut self, seq: u64, frame: &[u8]) -> Result<(), OutboxError> {
+        // FULL for this one commit: the sealed batch and the counter reach the disk before
+        // the batch can be sent (see the module comment on power loss).
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(self.sq())?;
+        let r = self.put(seq, frame, true);
+        let back = self
+            .conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(self.sq());
+        r?;
+        back
+    }
+
+    fn put(&mut self, seq: u64, frame: &[u8], sealed: bool) -> Result<(), OutboxError> {
+        let s = to_i64(seq, &self.path)?;
+        let old_len: Option<(i64, bool)> = match self.open {
+            Some((open_seq, len)) if open_seq == seq => {
+                Some((i64::try_from(len).unwrap_or(0), false))
+            }
+            _ => self
+                .conn
+                .query_row(
+                    "SELECT LENGTH(frame), sealed FROM batches WHERE seq = ?1",
+                    [s],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)),
+                )
+                .optional()
+                .map_err(self.sq())?,
+        };
+        if let Some((_, true)) = old_len {
+            return Err(OutboxError::AlreadySealed {
+                path: self.path.clone(),
+                seq,
+            });
+        }
+        self.conn
+            .execute(
+                "INSERT INTO batches(seq, sealed, created_ms, frame) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(seq) DO UPDATE SET sealed = excluded.sealed, frame = excluded.frame",
+                params![s, sealed, now_ms(), frame],
+            )
+            .map_err(self.sq())?;
+        if seq >= self.next_seq {
+            // A caller that did not reserve: keep the counter ahead anyway.
+            self.bump_next_seq(seq + 1)?;
+        }
+        let old = old_len.map_or(0, |(l, _)| u64::try_from(l).unwrap_or(0));
+        self.stored_bytes = self.stored_bytes.saturating_sub(old) + frame.len() as u64;
+        self.open = if sealed {
+            None
+        } else {
+            Some((seq, frame.len() as u64))
+        };
+        self.enforce_bound()
+    }
+
+    /// Deletes the oldest sealed batches while the outbox is over its bound.
+    fn enforce_bound(&mut self) -> Result<(), OutboxError> {
+        let mut dropped = 0u64;
+        let mut dropped_bytes = 0u64;
+        while self.stored_bytes > self.max_bytes {
+            let oldest: Option<(i64, i64)> = self
+                .conn
+                .query_row(
+                    "DELETE FROM batches WHERE seq = (SELECT MIN(seq) FROM batches WHERE sealed = 1)
+                     RETURNING seq, LENGTH(frame)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(self.sq())?;
+            let Some((_, len)) = oldest else { break }; // only the open batch is left
+            let len = u64::try_from(len).unwrap_or(0);
+            self.stored_bytes = self.stored_bytes.saturating_sub(len);
+            dropped += 1;
+            dropped_bytes += len;
+        }
+        if dropped > 0 {
+            self.add_counter("dropped_batches", dropped)?;
+            self.add_counter("dropped_bytes", dropped_bytes)?;
+            tracing::warn!(
+                batches = dropped,
+                bytes = dropped_bytes,
+                max_bytes = self.max_bytes,
+                "outbox full: dropped the oldest unsent batches"
+            );
+        }
+        Ok(())
+    }
+
+    fn add_counter(&self, key: &str, n: u64) -> Result<(), OutboxError> {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.conn
+            .execute(
+                "UPDATE meta SET value = value + ?1 WHERE key = ?2",
+                params![n, key],
+            )
+            .map_err(self.sq())?;
+        Ok(())
+    }
+
+    fn counter(&self, key: &str) -> Result<u64, OutboxError> {
+        let v: i64 = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .map_err(self.sq())?;
+        Ok(u64::try_from(v).unwrap_or(0))
+    }
+
+    /// Up to `limit` sealed batches in sequence order.
+    pub fn pending(&self, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, OutboxError> {
+        self.pending_after(0, limit)
+    }
+
+    /// Up to `limit` sealed batches with a sequence number above `after`, in order (the
+    /// link passes the highest one it already has in flight).
+    pub fn pending_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, OutboxError> {
+        let after = to_i64(after, &self.path)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, frame FROM batches WHERE sealed = 1 AND seq > ?1 ORDER BY seq LIMIT ?2")
+            .map_err(self.sq())?;
+        let rows = stmt
+            .query_map([after, limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(self.sq())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, frame) = row.map_err(self.sq())?;
+            out.push((u64::try_from(seq).unwrap_or(0), frame));
+        }
+        Ok(out)
+    }
+
+    fn delete_sealed(&mut self, seq: u64) -> Result<Option<u64>, OutboxError> {
+        let s = to_i64(seq, &self.path)?;
+        let len: Option<i64> = self
+            .conn
+            .query_row(
+                "DELETE FROM batches WHERE seq = ?1 AND sealed = 1 RETURNING LENGTH(frame)",
+                [s],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sq())?;
+        let len = len.map(|l| u64::try_from(l).unwrap_or(0));
+        if let Some(l) = len {
+            self.stored_bytes = self.stored_bytes.saturating_sub(l);
+        }
+        Ok(len)
+    }
+
+    /// The coordinator committed batch `seq`: forget it. Returns whether it was stored
+    /// (a second ack for the same batch is harmless).
+    pub fn ack(&mut self, seq: u64) -> Result<bool, OutboxError> {
+        let found = self.delete_sealed(seq)?.is_some();
+        if found {
+            self.add_counter("acked_batches", 1)?;
+        }
+        Ok(found)
+    }
+
+    /// The coordinator refused batch `seq` for good (malformed, bad timestamps, too
+    /// large): resending cannot help, so delete and count it.
+    pub fn reject(&mut self, seq: u64) -> Result<bool, OutboxError> {
+        let found = self.delete_sealed(seq)?.is_some();
+        if found {
+            self.add_counter("rejected_batches", 1)?;
+        }
+        Ok(found)
+    }
+
+    pub fn stats(&self) -> Result<OutboxStats, OutboxError> {
+        let pending: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM batches WHERE sealed = 1", [], |r| {
+                r.get(0)
+            })
+            .map_err(self.sq())?;
+        Ok(OutboxStats {
+            pending_batches: u64::try_from(pending).unwrap_or(0),
+            stored_bytes: self.stored_bytes,
+            next_seq: self.next_seq,
+            dropped_batches: self.counter("dropped_batches")?,
+            dropped_bytes: self.counter("dropped_bytes")?,
+            rejected_batches: self.counter("rejected_batches")?,
+            acked_batches: self.counter("acked_batches")?,
+        })
+    }
+}
+
+/// The outbox holds the VM's telemetry: keep it (and its WAL, created with the same
+/// umask) private to the agent's user. Best effort: the state dir is already 0700.
+fn restrict_mode(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize, fill: u8) -> Vec<u8> {
+        vec![fill; n]
+    }
+
+    #[test]
+    fn batches_persist_across_reopen_and_seqs_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+        assert_eq!(ob.last_seq(), 0);
+        let a = ob.reserve_seq().unwrap();
+        ob.put_open(a, &frame(10, 1)).unwrap();
+        ob.seal(a, &frame(20, 1)).unwrap();
+        let b = ob.reserve_seq().unwrap();
+        ob.seal(b, &frame(30, 2)).unwrap();
+        let c = ob.reserve_seq().unwrap();
+        ob.seal(c, &frame(5, 3)).unwrap();
+        assert!((a, b, c) == (1, 2, 3));
+        assert!(ob.ack(c).unwrap());
+        assert!(!ob.ack(c).unwrap(), "a second ack is harmless");
+        assert!(matches!(
+            ob.put_open(a, &frame(1, 0)),
+            Err(OutboxError::AlreadySealed { .. })
+        ));
+        drop(ob);
+
+        let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+        let p = ob.pending(10).unwrap();
+        assert_eq!(p, vec![(1, frame(20, 1)), (2, frame(30, 2))]);
+        assert_eq!(ob.pending_after(1, 10).unwrap().len(), 1);
+        assert_eq!(ob.pending(1).unwrap().len(), 1);
+        let s = ob.stats().unwrap();
+        assert_eq!(
+            (
+                s.pending_batches,
+                s.stored_bytes,
+                s.next_seq,
+                s.acked_batches
+            ),
+            (2, 50, 4, 1)
+        );
+        // seq 3 was acked and deleted, yet it is not handed out again.
+        assert_eq!(ob.last_seq(), 3);
+        assert_eq!(ob.reserve_seq().unwrap(), 4);
+        drop(ob);
+        // Even a reserved but never written seq stays used.
+        let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+        assert_eq!(ob.reserve_seq().unwrap(), 5);
+        ob.bump_next_seq(100).unwrap();
+        ob.bump_next_seq(50).unwrap();
+        assert_eq!(ob.reserve_seq().unwrap(), 100);
+    }
+
+    #[test]
+    fn an_unsealed_batch_is_sealed_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+        let a = ob.reserve_seq().unwrap();
+        ob.put_open(a, &frame(10, 1)).unwrap();
+        ob.put_open(a, &frame(12, 2)).unwrap();
+        assert!(
+            ob.pending(10).unwrap().is_empty(),
+            "the open batch is not sent"
+        );
+        assert_eq!(ob.stats().unwrap().stored_bytes, 12);
+        drop(ob); // as after SIGKILL: nothing else was done
+
+        let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+        assert_eq!(ob.pending(10).unwrap(), vec![(a, frame(12, 2))]);
+        assert_eq!(ob.reserve_seq().unwrap(), a + 1);
+    }
+
+    #[test]
+    fn the_bound_drops_the_oldest_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let mut ob = Outbox::open(&path, 100).unwrap();
+        for i in 0..5u8 {
+            let s = ob.reserve_seq().unwrap();
+            ob.seal(s, &frame(30, i)).unwrap();
+        }
+        // 5 x 30 bytes over a bound of 100: the two oldest went.
+        let p = ob.pending(10).unwrap();
+        assert_eq!(p.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3, 4, 5]);
+        // The open batch counts towards the bound but is never dropped itself.
+        let s = ob.reserve_seq().unwrap();
+        ob.put_open(s, &frame(40, 9)).unwrap();
+        let st = ob.stats().unwrap();
+        assert_eq!((st.dropped_batches, st.dropped_bytes), (3, 90));
+        assert_eq!(st.stored_bytes, 100);
+        assert_eq!(ob.pending(10).unwrap().len(), 2);
+        ob.put_open(s, &frame(200, 9)).unwrap();
+        assert!(ob.pending(10).unwrap().is_empty());
+        drop(ob);
+        // Counters persist; a smaller bound on reopen applies at once.
+        let ob = Outbox::open(&path, 10).unwrap();
+        let st = ob.stats().unwrap();
+        assert_eq!(
+            (st.dropped_batches, st.pending_batches, st.stored_bytes),
+            (6, 0, 0)
+        );
+    }
+
+    #[test]
+    fn rejected_batches_are_deleted_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(&dir.path().join("o.db"), 1000).unwrap();
+        let s = ob.reserve_seq().unwrap();
+        ob.seal(s, &frame(3, 0)).unwrap();
+        assert!(ob.reject(s).unwrap());
+        let st = ob.stats().unwrap();
+        assert_eq!(
+            (st.rejected_batches, st.pending_batches, st.stored_bytes),
+            (1, 0, 0)
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! End to end: enroll a real agent with a real coordinator on loopback, stream, and
+//! check with `personactl series` that every second arrives exactly once, across a
+//! coordinator crash and an agent crash during an outage.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use persona_tests::{Agent, Coord, gaps, now_s, seconds_of, wait_for};
+
+const SINCE: &str = "30m";
+
+/// Waits until the series holds a point at or after `t` (Unix seconds).
+fn wait_until_covered(coord: &Coord, agent: &str, t: f64, limit: Duration) -> Vec<(f64, f64)> {
+    wait_for(limit, "telemetry to arrive", || {
+        let p = coord.series(agent, "cpu.user_ratio", SINCE);
+        (p.last().is_some_and(|(ts, _)| *ts >= t)).then_some(p)
+    })
+}
+
+#[test]
+fn enroll_stream_and_every_second_is_present() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coord::start(
+        &dir.path().join("coord"),
+        0,
+        0,
+        &["--batch-interval-s", "5"],
+    );
+    let (token, ca_hash) = coord.token(&[]);
+    let mut agent = Agent::enroll(dir.path(), "a1", &coord, &token, &ca_hash);
+    agent.start();
+    let started = now_s();
+    // 15 s of streaming, then everything up to that instant must be there.
+    let points = wait_until_covered(&coord, &agent.id, started + 15.0, Duration::from_secs(90));
+    let secs = seconds_of(&points);
+    assert!(secs.len() >= 15, "only {} points", secs.len());
+    assert_eq!(gaps(&secs), vec![], "missing seconds");
+    for (_, v) in &points {
+        assert!((0.0..=1.0).contains(v), "cpu.user_ratio {v} out of range");
+    }
+    // Other resources arrive too, and the derived per-core metric is computed.
+    let mem = coord.series(&agent.id, "mem.available_bytes", SINCE);
+    let total = coord.series(&agent.id, "mem.total_bytes", SINCE);
+    assert!(!mem.is_empty() && mem.iter().zip(&total).all(|(a, t)| a.1 > 0.0 && a.1 <= t.1));
+    let cores = coord.series(&agent.id, "cpu.idle_cores", SINCE);
+    assert!(!cores.is_empty() && cores.iter().all(|(_, v)| *v >= 0.0));
+    for m in [
+        "disk.write_bytes_per_s",
+        "net.rx_bytes_per_s",
+        "load.avg1_tasks",
+    ] {
+        let p = coord.series(&agent.id, m, SINCE);
+        assert!(
+            !p.is_empty() && p.iter().all(|(_, v)| v.is_finite() && *v >= 0.0),
+            "{m}: {p:?}"
+        );
+    }
+    // The agent is listed as connected with its facts.
+    let shown = coord.ctl(&["agents", "show", &agent.id]);
+    assert_eq!(shown["state"], "connected");
+    assert!(shown["facts"]["cpus_online"].as_u64().unwrap() >= 1);
+    assert_eq!(shown["purpose"]["description"], "end-to-end test VM");
+    assert!(
+        shown["latest"]["values"]["mem.total_bytes"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    // The join token was single-use.
+    let again = std::process::Command::new(persona_tests::bin("persona-agent"))
+        .args([
+            "enroll",
+            "--coordinator",
+            &coord.quic.to_string(),
+            "--token",
+            &token,
+            "--ca-hash",
+            &ca_hash,
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("a1-again"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("token"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+#[test]
+fn coordinator_killed_and_restarted_mid_stream_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coord");
+    let mut coord = Coord::start(&data, 0, 0, &["--batch-interval-s", "5"]);
+    let (quic_port, http_port) = (coord.quic.port(), coord.http.port());
+    let (token, ca_hash) = coord.token(&[]);
+    let mut agent = Agent::enroll(dir.path(), "a1", &coord, &token, &ca_hash);
+    agent.start();
+    wait_until_covered(&coord, &agent.id, now_s() + 4.0, Duration::from_secs(60));
+    coord.kill();
+    // The outage: the agent keeps sampling into its outbox meanwhile.
+    std::thread::sleep(Duration::from_secs(6));
+    let restarted = now_s();
+    let coord = Coord::start(&data, quic_port, http_port, &["--batch-interval-s", "5"]);
+    let points = wait_until_covered(&coord, &agent.id, restarted + 6.0, Duration::from_secs(120));
+    let secs = seconds_of(&points);
+    assert_eq!(
+        gaps(&secs),
+        vec![],
+        "missing seconds across the coordinator crash"
+    );
+    assert!(secs.len() >= 14);
+}
+
+#[test]
+fn agent_killed_and_restarted_while_coordinator_is_down_delivers_its_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coord");
+    let mut coord = Coord::start(&data, 0, 0, &["--batch-interval-s", "5"]);
+    let (quic_port, http_port) = (coord.quic.port(), coord.http.port());
+    let (token, ca_hash) = coord.token(&[]);
+    let mut agent = Agent::enroll(dir.path(), "a1", &coord, &token, &ca_hash);
+    agent.start();
+    wait_until_covered(&coord, &agent.id, now_s() + 3.0, Duration::from_secs(60));
+    coord.kill();
+    std::thread::sleep(Duration::from_secs(4));
+    let killed = now_s();
+    agent.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let restarted = now_s();
+    agent.start();
+    std::thread::sleep(Duration::from_secs(4));
+    let coord = Coord::start(&data, quic_port, http_port, &["--batch-interval-s", "5"]);
+    let points = wait_until_covered(&coord, &agent.id, now_s() + 3.0, Duration::from_secs(120));
+    let secs = seconds_of(&points);
+    // The only hole is while the agent process was dead: every sample it took before
+    // SIGKILL (including the ones taken during the coordinator outage) was delivered.
+    let g = gaps(&secs);
+    assert!(g.len() <= 1, "gaps {g:?}");
+    if let Some(&(before, after)) = g.first() {
+        assert!(
+            before as f64 >= killed - 2.5,
+            "samples before the agent crash lost: last {before}, killed at {killed:.1}"
+        );
+        assert!(
+            after as f64 <= restarted + 3.5,
+            "samples after restart missing: first {after}, restarted at {restarted:.1}"
+        );
+    }
+}
