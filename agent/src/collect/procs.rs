@@ -146,7 +146,10 @@ fn rank(c: &mut [Candidate], n: usize, key: impl Fn(&Candidate) -> f64, out: &mu
     }
     let top = &mut c[..n];
     top.sort_unstable_by(desc);
-    copy_entries(top, out);
+    // Idle processes and kernel threads (no RSS) say nothing about the workload and
+    // would only pad the lists that later serve as a persona signal.
+    let used = top.iter().take_while(|x| key(x) > 0.0).count();
+    copy_entries(&top[..used], out);
 }
 
 /// A `String` with room for any comm, so later scans reuse it whatever name lands there.
