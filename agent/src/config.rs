@@ -6,6 +6,7 @@
 //! reads and checks settings; identity (agent id, certificates) lives in the state dir and
 //! is written by `enroll`, never here. See packaging/agent.toml for an annotated example.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use persona_shared::protocol::{DEFAULT_MAX_FRAME, Purpose};
@@ -86,6 +87,8 @@ pub struct AgentConfig {
     pub sys_root: PathBuf,
     /// What the VM is for, sent in Hello when set.
     pub purpose: Option<PurposeConfig>,
+    /// Loopback address of the agent's own `/metrics` endpoint; None = off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for AgentConfig {
@@ -102,6 +105,7 @@ impl Default for AgentConfig {
             proc_root: PathBuf::from("/proc"),
             sys_root: PathBuf::from("/sys"),
             purpose: None,
+            metrics_listen: None,
         }
     }
 }
@@ -158,7 +162,8 @@ impl AgentConfig {
             return Err((
                 "batch_interval_s",
                 format!(
-                    "more than {MAX_POINTS_PER_BATCH} samples per batch; use a longer sample interval"
+                    "{} s at {} ms per sample is more than {MAX_POINTS_PER_BATCH} samples per batch; use a shorter batch or a longer sample interval",
+                    self.batch_interval_s, self.sample_interval_ms
                 ),
             ));
         }
@@ -178,21 +183,36 @@ impl AgentConfig {
             ));
         }
         if self.process_every == 0 {
-            return Err(("process_every", "must be at least 1".into()));
+            return Err(("process_every", "0 is not allowed: use 1 or more".into()));
         }
         if self.top_n > 1000 {
-            return Err(("top_n", format!("{} is more than 1000", self.top_n)));
+            return Err(("top_n", format!("{} is outside 0..=1000", self.top_n)));
         }
         if let Some(c) = &self.coordinator
             && !looks_like_host_port(c)
         {
-            return Err(("coordinator", format!("{c:?} is not HOST:PORT")));
+            return Err((
+                "coordinator",
+                format!("{c:?} is not HOST:PORT (for example \"coordinator.internal:7443\")"),
+            ));
         }
         if let Some(p) = &self.purpose
             && let Some(gb) = p.data_gb
             && !(gb.is_finite() && gb >= 0.0)
         {
-            return Err(("purpose.data_gb", format!("{gb} is not a size")));
+            return Err((
+                "purpose.data_gb",
+                format!("{gb} is not a size: use a number of GB, 0 or more"),
+            ));
+        }
+        if let Some(a) = self.metrics_listen
+            && !a.ip().is_loopback()
+        {
+            // The endpoint is unauthenticated: it must not be reachable from outside the VM.
+            return Err((
+                "metrics_listen",
+                format!("{a} is not a loopback address: use 127.0.0.1:PORT or [::1]:PORT"),
+            ));
         }
         Ok(())
     }

@@ -10,6 +10,11 @@
 //! loses at most the tick in progress; at each batch boundary (also wall-clock aligned)
 //! the batch is sealed and the link is woken.
 //!
+//! Under systemd the sampling thread says `READY=1` once it has taken its first sample
+//! (never waiting for the coordinator: an agent whose coordinator is down still samples
+//! into its outbox, which is exactly what it is for) and feeds the watchdog from its
+//! loop, so a wedged sampler gets the unit restarted.
+//!
 //! This module owns the schedule and the wiring, not the collecting (`collect`), the
 //! storage (`outbox`) or the protocol (`link`).
 
@@ -28,8 +33,10 @@ use tokio::sync::{Notify, oneshot, watch};
 use crate::collect::{CollectConfig, Collector};
 use crate::config::AgentConfig;
 use crate::enroll::{EnrollError, Identity};
+use crate::health::{self, Health, HealthError};
 use crate::link::{self, Link, LinkConfig, LinkContext, LinkError, LinkStats, Settings};
 use crate::outbox::{Outbox, OutboxError, OutboxStats};
+use crate::systemd::{self, Watchdog};
 
 /// Name of the outbox database in the state dir.
 pub const OUTBOX_FILE: &str = "outbox.db";
@@ -54,6 +61,8 @@ pub enum DaemonError {
     Thread(std::io::Error),
     #[error("the sampling thread stopped unexpectedly")]
     SamplerDied,
+    #[error(transparent)]
+    Metrics(#[from] HealthError),
 }
 
 /// What a run did, for tests and benchmarks.
@@ -106,6 +115,12 @@ pub async fn run_report(
     };
     let (settings_tx, settings_rx) = watch::channel(settings);
     let sealed = Arc::new(Notify::new());
+    let health = Arc::new(Health::default());
+    // Bound before anything starts, so a taken port is a start-up error, not a log line.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(health::bind(addr).await?),
+        None => None,
+    };
 
     let link = Link::new(
         LinkConfig {
@@ -119,6 +134,7 @@ pub async fn run_report(
             sealed: sealed.clone(),
             facts: facts_rx,
             settings: settings_tx,
+            health: health.clone(),
         },
     )?;
 
@@ -143,6 +159,8 @@ pub async fn run_report(
         outbox_errors: 0,
         facts_dirty: false,
         facts_read_at: Instant::now(),
+        health: health.clone(),
+        watchdog: Watchdog::from_env(),
     };
     let thread = std::thread::Builder::new()
         .name("persona-sampler".into())
@@ -161,6 +179,17 @@ pub async fn run_report(
     );
 
     let (link_stop_tx, link_stop_rx) = watch::channel(false);
+    let metrics_task = metrics_listener.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(addr = %a, "serving the agent's /metrics");
+        }
+        tokio::spawn(health::serve(
+            l,
+            health.clone(),
+            outbox.clone(),
+            link_stop_rx.clone(),
+        ))
+    });
     let mut link_task = tokio::spawn(link.run(link_stop_rx));
 
     let mut early: Option<DaemonError> = None;
@@ -178,6 +207,7 @@ pub async fn run_report(
         }
     }
 
+    systemd::notify_or_log("STOPPING=1\nSTATUS=flushing the outbox");
     // Sampler first: it seals the open batch, which the link then still delivers.
     drop(stop_tx);
     if sampler_report.is_none() {
@@ -193,6 +223,9 @@ pub async fn run_report(
                 link_task.abort();
             }
         }
+    }
+    if let Some(t) = metrics_task {
+        t.abort();
     }
     let outbox_stats = link::lock(&outbox).stats()?;
     let s = sampler_report.unwrap_or_default();
@@ -248,6 +281,8 @@ struct Sampler {
     outbox_errors: u64,
     facts_dirty: bool,
     facts_read_at: Instant,
+    health: Arc<Health>,
+    watchdog: Watchdog,
 }
 
 fn wall_ms() -> i64 {
@@ -313,6 +348,10 @@ impl Sampler {
         // least half an interval later, so its rates span a meaningful time.
         let primed_at = wall_ms();
         self.collector.sample(primed_at, &mut self.sample);
+        // Sampling works: that is what "ready" means for the agent (the link connects
+        // on its own time, and the outbox holds the data meanwhile).
+        systemd::notify_or_log("READY=1\nSTATUS=sampling");
+        self.watchdog.feed();
         let mut due = sched.next_after(primed_at + sched.interval_ms / 2);
         loop {
             // Sleep until the tick, waking early for shutdown. Wall-clock steps are
@@ -333,8 +372,14 @@ impl Sampler {
                     due = sched.next_after(now);
                     continue;
                 }
-                let wait = Duration::from_millis(u64::try_from(due - now).unwrap_or(0));
-                match self.stop_rx.recv_timeout(wait) {
+                let mut wait = Duration::from_millis(u64::try_from(due - now).unwrap_or(0));
+                if let Some(w) = self.watchdog.max_sleep() {
+                    // Long sample intervals still wake in time to feed the watchdog.
+                    wait = wait.min(w.max(Duration::from_millis(10)));
+                }
+                let woke = self.stop_rx.recv_timeout(wait);
+                self.watchdog.feed();
+                match woke {
                     Err(RecvTimeoutError::Timeout) => {}
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => {
                         self.seal_open();
@@ -348,6 +393,7 @@ impl Sampler {
                 tracing::debug!(skipped, "sampling fell behind; ticks skipped");
             }
             self.tick(&sched, tick);
+            self.publish();
             due = tick + sched.interval_ms;
 
             if self.settings_rx.has_changed().unwrap_or(false) {
@@ -447,6 +493,17 @@ impl Sampler {
                 false
             }
         }
+    }
+
+    /// Publishes the counters for `/metrics` (a few relaxed stores; no allocation).
+    fn publish(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let h = &self.health;
+        h.samples.store(self.report.samples, Relaxed);
+        h.skipped_ticks.store(self.report.skipped_ticks, Relaxed);
+        h.batches_sealed.store(self.report.batches_sealed, Relaxed);
+        h.outbox_write_errors.store(self.outbox_errors, Relaxed);
+        h.set_collector_errors(self.collector.failures());
     }
 
     /// Seals the open batch (if any) and wakes the link.

@@ -3,12 +3,16 @@
 //! durable outbox and streams them to the coordinator over QUIC with mutual TLS after
 //! enrolling with a join token. Binaries call into this library.
 
+pub mod actuator;
 pub mod collect;
+pub mod confdoc;
 pub mod config;
 pub mod daemon;
 pub mod enroll;
+pub mod health;
 pub mod link;
 pub mod logging;
 pub mod observe;
 pub mod outbox;
+pub mod systemd;
 pub mod tls;

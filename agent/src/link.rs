@@ -55,7 +55,7 @@ pub enum WireError {
     Closed(#[from] quinn::ClosedStream),
     #[error("cannot receive: {0}")]
     Read(#[from] quinn::ReadExactError),
-    #[error("bad frame from the coordinator: {0}")]
+    #[error("bad frame: {0}")]
     Frame(#[from] FrameError),
     #[error("no answer within {secs} s to {what}")]
     Timeout { what: &'static str, secs: u64 },
@@ -124,10 +124,7 @@ fn kind(m: &CoordMsg) -> &'static str {
 }
 
 /// Reads one frame body, checking its length against `max` before allocating.
-pub(crate) async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    max: usize,
-) -> Result<Vec<u8>, WireError> {
+pub async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Vec<u8>, WireError> {
     let mut header = [0u8; 4];
     recv.read_exact(&mut header).await?;
     let len = frame_len(header, max)?;
@@ -137,7 +134,7 @@ pub(crate) async fn read_frame(
 }
 
 /// Reads and decodes one coordinator message, within [`ANSWER_TIMEOUT`].
-pub(crate) async fn read_msg(
+pub async fn read_msg(
     recv: &mut quinn::RecvStream,
     max: usize,
     what: &'static str,
@@ -152,7 +149,7 @@ pub(crate) async fn read_msg(
 }
 
 /// Encodes and writes one message as a frame.
-pub(crate) async fn write_msg(
+pub async fn write_msg(
     send: &mut quinn::SendStream,
     msg: &AgentMsg,
     max: usize,
@@ -327,6 +324,8 @@ pub struct LinkContext {
     pub facts: watch::Receiver<HostFacts>,
     /// Where Welcome's settings go (the sampling thread watches it).
     pub settings: watch::Sender<Settings>,
+    /// Counters for the agent's `/metrics`.
+    pub health: Arc<crate::health::Health>,
 }
 
 /// Locks the outbox; a panic elsewhere while it was held leaves SQLite consistent, so a
@@ -386,7 +385,9 @@ impl Link {
             attempts += 1;
             self.healthy = false;
             let started = Instant::now();
-            match self.session(&mut shutdown).await {
+            let ended = self.session(&mut shutdown).await;
+            self.publish(false);
+            match ended {
                 Ok(SessionEnd::Shutdown) => break,
                 Err(e) => {
                     if self.healthy || started.elapsed() >= HEALTHY_AFTER {
@@ -427,6 +428,18 @@ impl Link {
         }
         self.log_stats("link stopped", None);
         self.stats
+    }
+
+    /// Copies the counters into the shared health (for `/metrics`).
+    fn publish(&self, connected: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let h = &self.ctx.health;
+        h.link_connected.store(connected, Relaxed);
+        h.link_reconnects.store(self.stats.reconnects, Relaxed);
+        h.batches_sent.store(self.stats.batches_sent, Relaxed);
+        h.batches_acked.store(self.stats.batches_acked, Relaxed);
+        h.batches_rejected
+            .store(self.stats.batches_rejected, Relaxed);
     }
 
     fn log_stats(&self, what: &str, live: Option<&quinn::Connection>) {
@@ -644,6 +657,7 @@ impl Link {
             if connected_at.elapsed() >= HEALTHY_AFTER {
                 self.healthy = true;
             }
+            self.publish(true);
             tokio::select! {
                 Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
                     let (seq, answer) = joined.map_err(|e| LinkError::Task(e.to_string()))?;

@@ -76,22 +76,27 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
-/// Completes on the first SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// Completes on the first SIGTERM or SIGINT (Ctrl-C). The handlers are installed when
+/// this is called (inside the runtime), before the daemon reports READY=1, so a SIGTERM
+/// that follows READY at once still gets the graceful path (outbox flushed).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    );
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        _ => {
-            tracing::warn!("cannot install signal handlers; only Ctrl-C stops the agent");
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                tracing::warn!("cannot install signal handlers; only Ctrl-C stops the agent");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
@@ -132,7 +137,7 @@ fn run(
         format!("invalid configuration ({source}): key `{key}`: {message}")
     })?;
     runtime()?
-        .block_on(persona_agent::daemon::run(cfg, shutdown_signal()))
+        .block_on(async { persona_agent::daemon::run(cfg, shutdown_signal()).await })
         .map_err(|e| e.to_string())
 }
 

@@ -221,34 +221,47 @@ pub fn mtls_client_config(
             source,
         })
     };
+    mtls_from_pem(
+        (&read(cert_pem)?, cert_pem),
+        (&read(key_pem)?, key_pem),
+        (&read(ca_pem)?, ca_pem),
+    )
+}
+
+/// Mutual TLS from PEM bytes held in memory (the load generator keeps thousands of
+/// identities that way); each part comes with the path that errors should name.
+pub fn mtls_from_pem(
+    cert_pem: (&[u8], &Path),
+    key_pem: (&[u8], &Path),
+    ca_pem: (&[u8], &Path),
+) -> Result<quinn::ClientConfig, TlsError> {
     let pem_err = |path: &Path, what, detail: String| TlsError::Pem {
         path: path.to_owned(),
         what,
         detail,
     };
-
-    let certs = CertificateDer::pem_slice_iter(&read(cert_pem)?)
+    let certs = CertificateDer::pem_slice_iter(cert_pem.0)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(cert_pem, "certificate", e.to_string()))?;
+        .map_err(|e| pem_err(cert_pem.1, "certificate", e.to_string()))?;
     if certs.is_empty() {
         return Err(pem_err(
-            cert_pem,
+            cert_pem.1,
             "certificate",
             "no CERTIFICATE block".into(),
         ));
     }
-    let key = PrivateKeyDer::from_pem_slice(&read(key_pem)?)
-        .map_err(|e| pem_err(key_pem, "private key", e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.0)
+        .map_err(|e| pem_err(key_pem.1, "private key", e.to_string()))?;
     let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(&read(ca_pem)?) {
-        let ca = ca.map_err(|e| pem_err(ca_pem, "CA certificate", e.to_string()))?;
+    for ca in CertificateDer::pem_slice_iter(ca_pem.0) {
+        let ca = ca.map_err(|e| pem_err(ca_pem.1, "CA certificate", e.to_string()))?;
         roots
             .add(ca)
-            .map_err(|e| pem_err(ca_pem, "CA certificate", e.to_string()))?;
+            .map_err(|e| pem_err(ca_pem.1, "CA certificate", e.to_string()))?;
     }
     if roots.is_empty() {
         return Err(pem_err(
-            ca_pem,
+            ca_pem.1,
             "CA certificate",
             "no CERTIFICATE block".into(),
         ));

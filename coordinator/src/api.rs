@@ -31,6 +31,8 @@ pub struct ApiState {
     pub token_digest: Vec<u8>,
     /// The QUIC address agents should use, for the enroll command line.
     pub advertise: String,
+    /// Persona database and profiler (routes in `profile_api`); `None` answers 503.
+    pub profiling: Option<Arc<crate::profiling::ProfilingService>>,
 }
 
 fn digest(s: &[u8]) -> Vec<u8> {
@@ -45,7 +47,14 @@ impl ApiState {
             shared,
             token_digest: digest(admin_token.trim().as_bytes()),
             advertise,
+            profiling: None,
         }
+    }
+
+    /// Serves the persona and profiler routes from `svc`.
+    pub fn with_profiling(mut self, svc: Arc<crate::profiling::ProfilingService>) -> Self {
+        self.profiling = Some(svc);
+        self
     }
 }
 
@@ -103,13 +112,24 @@ async fn handle(req: Request<Incoming>, st: &ApiState, _peer: SocketAddr) -> Res
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| digest(t.trim().as_bytes()) == st.token_digest);
+    // Prometheus scrape endpoint: unauthenticated by default (loopback API), see
+    // docs/operations.md; text format, not JSON.
+    if req.method() == Method::GET && req.uri().path() == "/metrics" {
+        if st.shared.settings.metrics_require_token && !authorized {
+            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+        return metrics_response(st.shared.clone()).await;
+    }
     if !authorized {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
-    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+    let body = match Limited::new(req.into_body(), crate::profile_api::body_limit(&path))
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, e),
     };
@@ -120,6 +140,10 @@ async fn handle(req: Request<Incoming>, st: &ApiState, _peer: SocketAddr) -> Res
             .await
             .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
     };
+    if let Some(r) = crate::profile_api::handle(st.profiling.as_ref(), &method, &parts, &body).await
+    {
+        return r;
+    }
     match (&method, parts.as_slice()) {
         (&Method::GET, ["v1", "status"]) => {
             let s = &shared.stats;
@@ -283,6 +307,22 @@ async fn handle(req: Request<Incoming>, st: &ApiState, _peer: SocketAddr) -> Res
             .await
         }
         _ => error(StatusCode::NOT_FOUND, format!("no route {method} {path}")),
+    }
+}
+
+/// `GET /metrics`: renders off the async threads (it reads the store).
+async fn metrics_response(shared: Arc<Shared>) -> Resp {
+    match tokio::task::spawn_blocking(move || crate::prom::render(&shared)).await {
+        Ok(Ok(text)) => {
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        Ok(Err(e)) => store_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 

@@ -20,19 +20,61 @@ pub enum CtlError {
     NoToken { tried: String },
     #[error("bad API address {addr:?} (expected HOST:PORT): {reason}")]
     BadAddress { addr: String, reason: String },
-    #[error("cannot reach the coordinator API at {addr}: {source}")]
+    #[error(
+        "cannot reach coordinator at {addr}: {source}: is `persona-coordinator serve` running? (set PERSONA_API or --api)"
+    )]
     Connect {
         addr: String,
         source: std::io::Error,
     },
-    #[error("HTTP error talking to {addr}: {source}")]
+    #[error(
+        "HTTP error talking to {addr}: {source}: is that the coordinator's API address? (set PERSONA_API or --api)"
+    )]
     Http { addr: String, source: hyper::Error },
+    #[error(
+        "the admin token was refused by {addr}: set PERSONA_TOKEN or point --data-dir at the coordinator's data directory"
+    )]
+    Unauthorized { addr: String },
+    #[error("not found: {message}")]
+    NotFound { message: String },
     #[error("the coordinator answered {status}: {message}")]
     Status { status: u16, message: String },
     #[error("the coordinator sent invalid JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("bad argument: {0}")]
     Arg(String),
+    /// Persona database, profiler or model errors (the message says which).
+    #[error("{0}")]
+    Profile(String),
+}
+
+/// Exit codes of `personactl`, documented in its `--help` and docs/operations.md.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Bad command line or a request the coordinator called invalid (400).
+    pub const USAGE: u8 = 1;
+    /// The agent, token or series does not exist (404).
+    pub const NOT_FOUND: u8 = 2;
+    /// The coordinator cannot be reached (connection refused, timeout, not HTTP).
+    pub const UNREACHABLE: u8 = 3;
+    /// No admin token, or the token was refused (401).
+    pub const AUTH: u8 = 4;
+    /// The coordinator failed (5xx) or answered something unreadable.
+    pub const SERVER: u8 = 5;
+}
+
+impl CtlError {
+    /// The exit code scripts can rely on (see [`exit`]).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::NoToken { .. } | CtlError::Unauthorized { .. } => exit::AUTH,
+            CtlError::BadAddress { .. } | CtlError::Arg(_) | CtlError::Profile(_) => exit::USAGE,
+            CtlError::Connect { .. } | CtlError::Http { .. } => exit::UNREACHABLE,
+            CtlError::NotFound { .. } => exit::NOT_FOUND,
+            CtlError::Status { status, .. } if (400..500).contains(status) => exit::USAGE,
+            CtlError::Status { .. } | CtlError::Json(_) => exit::SERVER,
+        }
+    }
 }
 
 /// Where and how to reach the API.
@@ -101,12 +143,22 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, CtlError> {
-        let stream = tokio::net::TcpStream::connect(&self.addr)
-            .await
-            .map_err(|source| CtlError::Connect {
-                addr: self.addr.clone(),
-                source,
-            })?;
+        // A firewalled address would otherwise hang for minutes in the kernel's retries.
+        let connect = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::net::TcpStream::connect(&self.addr),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer within 10 s",
+            ))
+        });
+        let stream = connect.map_err(|source| CtlError::Connect {
+            addr: self.addr.clone(),
+            source,
+        })?;
         let http = |source| CtlError::Http {
             addr: self.addr.clone(),
             source,
@@ -133,7 +185,20 @@ impl Client {
         let resp = sender.send_request(req).await.map_err(http)?;
         let status = resp.status();
         let body = resp.into_body().collect().await.map_err(http)?.to_bytes();
+        if status == hyper::StatusCode::UNAUTHORIZED {
+            return Err(CtlError::Unauthorized {
+                addr: self.addr.clone(),
+            });
+        }
         let v: Value = serde_json::from_slice(&body)?;
+        if status == hyper::StatusCode::NOT_FOUND {
+            let message = v
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("(no message)")
+                .to_owned();
+            return Err(CtlError::NotFound { message });
+        }
         if !status.is_success() {
             let message = v
                 .get("error")

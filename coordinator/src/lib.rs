@@ -4,11 +4,23 @@
 //! so the binary, the demo and the tests all run the same code.
 
 pub mod api;
+pub mod catalogue;
+pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod health;
+pub mod persona_db;
+pub mod personas;
 pub mod pki;
+pub mod profile_api;
+pub mod profile_cli;
+pub mod profiling;
+pub mod prom;
+pub mod recommend;
 pub mod server;
+pub mod specs;
 pub mod store;
+pub mod table;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +48,8 @@ pub enum CoordError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Profiling(#[from] profiling::ProfileError),
 }
 
 /// How to run the coordinator.
@@ -134,7 +148,13 @@ pub async fn start(
         std::process::id()
     );
     pki::write_private(&dir.join("serving.json"), serving.as_bytes())?;
-    let api_state = Arc::new(api::ApiState::new(shared.clone(), &token, advertise));
+    // Persona database, catalogue and profiler model (its own connection to persona.db).
+    let profiling = Arc::new(profiling::ProfilingService::open(
+        dir,
+        opts.settings.catalogue.as_deref(),
+    )?);
+    let api_state =
+        Arc::new(api::ApiState::new(shared.clone(), &token, advertise).with_profiling(profiling));
     let t1 = tokio::spawn(server::run(endpoint, shared.clone(), shutdown.clone()));
     let t2 = tokio::spawn(api::run(listener, api_state, shutdown));
     info!(quic = %quic_addr, http = %http_addr, ca_hash = %pki.ca_hash(), data_dir = %dir.display(), "coordinator serving");

@@ -300,6 +300,21 @@ mod tests {
         v.verify_client_cert(&der, &[], rustls::pki_types::UnixTime::now())
             .unwrap();
         assert!(pki.sign_agent("a-2", &[4; 10]).is_err());
+        // An agent certificate past its validity is refused by the same verifier.
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "a-old");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::days(400);
+        p.not_after = now - time::Duration::days(35);
+        let old = p
+            .signed_by(&key, &Issuer::new(ca_params(), &pki.ca_key))
+            .unwrap();
+        let err = v
+            .verify_client_cert(old.der(), &[], rustls::pki_types::UnixTime::now())
+            .unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("expired"), "{err}");
         assert!(pki.sign_agent("a-2", &[3; 65]).is_err());
     }
 }

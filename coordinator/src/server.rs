@@ -51,6 +51,10 @@ pub struct ServerSettings {
     pub max_future_ms: i64,
     /// New connections allowed per source address per second (burst of 4x).
     pub conn_rate_per_ip: f64,
+    /// Whether `GET /metrics` needs the admin token (see docs/operations.md).
+    pub metrics_require_token: bool,
+    /// Instance catalogue file for sizing (`--catalogue`); `None` = the built-in one.
+    pub catalogue: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerSettings {
@@ -62,6 +66,8 @@ impl Default for ServerSettings {
             retention_ms: 14 * 24 * 3600 * 1000,
             max_future_ms: 10 * 60 * 1000,
             conn_rate_per_ip: 20.0,
+            metrics_require_token: false,
+            catalogue: None,
         }
     }
 }
@@ -76,6 +82,9 @@ pub struct Stats {
     pub bytes_received: AtomicU64,
     pub ingest_nanos: AtomicU64,
     pub enrollments: AtomicU64,
+    /// Monotonic milliseconds (since the server started) of the accept loop's last turn:
+    /// the systemd watchdog checks that it keeps moving.
+    pub accept_loop_heartbeat_ms: AtomicU64,
     rejected: Mutex<HashMap<&'static str, u64>>,
 }
 
@@ -190,6 +199,11 @@ impl Shared {
             .unwrap_or_default()
     }
 
+    /// Whether the group-commit writer thread is still running (it owns the receiver).
+    pub fn ingest_alive(&self) -> bool {
+        !self.ingest_tx.is_closed()
+    }
+
     /// Closes every live connection of an agent (after a revocation).
     pub fn disconnect(&self, key: i64) {
         if let Ok(mut m) = self.live.lock()
@@ -301,8 +315,14 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let retention = tokio::spawn(retention_loop(shared.clone(), shutdown.clone()));
+    let started = Instant::now();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
     loop {
         tokio::select! {
+            _ = heartbeat.tick() => {
+                let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                shared.stats.accept_loop_heartbeat_ms.store(ms, Ordering::Relaxed);
+            }
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let ip = incoming.remote_address().ip();
@@ -384,18 +404,12 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     }
 }
 
-/// Reads one frame from a stream, with the frame size bound checked before allocation.
+/// Reads one frame from a stream, with the frame size bound checked before allocation
+/// (the agent's reader, so both sides enforce the bound identically).
 pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, String> {
-    let mut header = [0u8; 4];
-    recv.read_exact(&mut header)
+    persona_agent::link::read_frame(recv, max)
         .await
-        .map_err(|e| format!("reading frame header: {e}"))?;
-    let len = protocol::frame_len(header, max).map_err(|e| e.to_string())?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| format!("reading {len}-byte frame body: {e}"))?;
-    Ok(body)
+        .map_err(|e| e.to_string())
 }
 
 async fn send(send: &mut SendStream, msg: &CoordMsg, max: usize) -> Result<(), String> {
@@ -410,6 +424,8 @@ async fn reject(stream: &mut SendStream, code: RejectCode, message: String, max:
 }
 
 const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the accept loop proves it is turning (see `Stats::accept_loop_heartbeat_ms`).
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 async fn enrollment(conn: Connection, shared: Arc<Shared>) {
     let peer = conn.remote_address();

@@ -33,7 +33,16 @@ pub struct BatchBuilder {
     disks: Vec<DeviceColumns<{ disk::COUNT }>>,
     nics: Vec<DeviceColumns<{ nic::COUNT }>>,
     procs: Vec<WireProc>,
+    /// Order-insensitive hash of the names in `procs`.
+    procs_names: u64,
+    /// Names hash and time of the process list last sealed into a batch.
+    procs_sent: Option<(u64, i64)>,
 }
+
+/// How often an unchanged set of busiest processes is repeated. The names are the
+/// persona signal and are sent at once when they change; their CPU and RSS figures are
+/// refreshed at this pace, which keeps the list to a few percent of the bytes.
+pub const PROCS_REFRESH_MS: i64 = 60_000;
 
 impl Default for BatchBuilder {
     fn default() -> Self {
@@ -45,8 +54,17 @@ impl Default for BatchBuilder {
             disks: Vec::new(),
             nics: Vec::new(),
             procs: Vec::new(),
+            procs_names: 0,
+            procs_sent: None,
         }
     }
+}
+
+/// FNV-1a of a name, combined by XOR into an order-insensitive set hash.
+fn name_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn push_devices<const N: usize>(
@@ -143,6 +161,7 @@ impl BatchBuilder {
                 n += 1;
             }
             self.procs.truncate(n);
+            self.procs_names = self.procs.iter().fold(0, |h, w| h ^ name_hash(&w.comm));
         }
     }
 
@@ -216,8 +235,9 @@ impl BatchBuilder {
             }
         }
         b.instances.truncate(n_inst);
-        b.procs.truncate(self.procs.len());
-        for (i, p) in self.procs.iter().enumerate() {
+        let procs: &[WireProc] = if self.procs_due() { &self.procs } else { &[] };
+        b.procs.truncate(procs.len());
+        for (i, p) in procs.iter().enumerate() {
             match b.procs.get_mut(i) {
                 Some(w) => {
                     w.comm.clone_from(&p.comm);
@@ -235,8 +255,28 @@ impl BatchBuilder {
         self.ts.last().copied()
     }
 
-    /// Drops the waiting samples, keeping every buffer for the next batch.
+    /// Whether the batch being built carries the process list: when the set of names
+    /// changed since the last sealed list, or that one is [`PROCS_REFRESH_MS`] old.
+    fn procs_due(&self) -> bool {
+        if self.procs.is_empty() {
+            return false;
+        }
+        match (self.procs_sent, self.ts.last()) {
+            (Some((names, at)), Some(&now)) => {
+                names != self.procs_names || now - at >= PROCS_REFRESH_MS
+            }
+            _ => true,
+        }
+    }
+
+    /// Drops the waiting samples, keeping every buffer for the next batch. Call it when
+    /// the batch is sealed: it also records whether the process list went out.
     pub fn clear(&mut self) {
+        if self.procs_due()
+            && let Some(&now) = self.ts.last()
+        {
+            self.procs_sent = Some((self.procs_names, now));
+        }
         self.ts.clear();
         for col in self
             .host
@@ -512,6 +552,30 @@ mod tests {
         let batch = b.finish(2).unwrap();
         assert_eq!(batch.instances, vec!["vda".to_string(), "eth0".to_string()]);
         assert!(b.finish(3).is_none());
+    }
+
+    #[test]
+    fn process_lists_go_out_on_change_and_once_a_minute() {
+        let mut b = BatchBuilder::new();
+        let mut t = 1_000_000;
+        let batch = |b: &mut BatchBuilder, t: &mut i64, comm: &str| {
+            let mut s = sample(*t, false);
+            s.top_cpu[0].comm = comm.into();
+            b.push(&s);
+            *t += 10_000;
+            b.finish(1).unwrap().procs.len()
+        };
+        assert_eq!(batch(&mut b, &mut t, "rustc"), 1, "first list goes out");
+        assert_eq!(batch(&mut b, &mut t, "rustc"), 0, "unchanged: not repeated");
+        assert_eq!(batch(&mut b, &mut t, "ffmpeg"), 2, "names changed");
+        for _ in 0..5 {
+            assert_eq!(batch(&mut b, &mut t, "ffmpeg"), 0);
+        }
+        assert_eq!(
+            batch(&mut b, &mut t, "ffmpeg"),
+            2,
+            "refreshed after a minute"
+        );
     }
 
     #[test]

@@ -8,13 +8,40 @@ use clap::{Parser, Subcommand};
 use hyper::Method;
 use serde_json::{Value, json};
 
-use persona_coordinator::ctl::{Client, CtlError, parse_duration_s};
+use persona_coordinator::ctl::{Client, CtlError, exit, parse_duration_s};
+use persona_coordinator::table::{Align, Table};
+
+/// Shown at the end of `personactl --help`.
+const AFTER_HELP: &str = "\
+Environment:
+  PERSONA_API       API address HOST:PORT (default 127.0.0.1:7444)
+  PERSONA_TOKEN     admin bearer token (default: read DATA_DIR/admin.token)
+  PERSONA_DATA_DIR  coordinator data directory holding admin.token
+  NO_COLOR          never colour tables
+
+Exit codes:
+  0  success
+  1  usage error (bad arguments, or a request the coordinator called invalid)
+  2  not found (no such agent, token or series)
+  3  cannot reach the coordinator (is `persona-coordinator serve` running? set PERSONA_API)
+  4  authentication (no admin token, or the token was refused)
+  5  the coordinator failed or answered something unreadable
+
+Examples:
+  personactl status
+  personactl token create --ttl 1h --uses 1
+  personactl agents list --json | jq -r '.agents[].id'
+  personactl completions bash > /etc/bash_completion.d/personactl";
 
 #[derive(Parser)]
 #[command(
     name = "personactl",
     version,
-    about = "Admin CLI for the Persona coordinator"
+    about = "Admin CLI for the Persona coordinator",
+    long_about = "Admin CLI for the Persona coordinator: join tokens, enrolled agents, their \
+series and the coordinator's counters, over the coordinator's loopback HTTP API. Every \
+command prints a human table, or one JSON document on stdout with --json.",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     /// API address HOST:PORT (default: $PERSONA_API or 127.0.0.1:7444).
@@ -33,46 +60,109 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Join tokens for enrolling agents.
+    #[command(
+        after_help = "Examples:\n  personactl token create --ttl 1h --uses 1\n  personactl token list\n  personactl token revoke 3f9a1c"
+    )]
     Token {
         #[command(subcommand)]
         command: TokenCmd,
     },
     /// Enrolled agents.
+    #[command(
+        after_help = "Examples:\n  personactl agents list\n  personactl agents show a-1f2e3d4c5b6a7980\n  personactl agents revoke a-1f2e3d4c5b6a7980"
+    )]
     Agents {
         #[command(subcommand)]
         command: AgentsCmd,
     },
     /// Points of one series: `personactl series AGENT METRIC[@INSTANCE] --since 10m`.
+    #[command(
+        after_help = "Metric names and units: docs/metrics.md.\n\nExamples:\n  personactl series a-1f2e3d4c5b6a7980 cpu.user_ratio --since 5m\n  personactl series a-1f2e3d4c5b6a7980 net.rx_bytes_per_s@eth0 --since 1h --json"
+    )]
     Series {
+        /// Agent id (see `personactl agents list`).
         agent: String,
+        /// Metric name, optionally @INSTANCE (a disk or interface).
         metric: String,
+        /// How far back: 90s, 10m, 1h, 2d.
         #[arg(long, default_value = "10m")]
         since: String,
     },
     /// Coordinator status and counters.
+    #[command(
+        after_help = "Examples:\n  personactl status\n  personactl status --json | jq .rejected"
+    )]
     Status,
+    /// The persona database: list, show, export, import (see README "Profiling a VM").
+    #[command(
+        after_help = "Examples:\n  personactl personas list\n  personactl personas show game-streamer\n  personactl personas export --out personas.json\n  personactl personas import my-persona.toml"
+    )]
+    Personas {
+        #[command(subcommand)]
+        command: persona_coordinator::profile_cli::PersonasCmd,
+    },
+    /// Profile a VM request: persona distribution, size, instance, install plan.
+    #[command(
+        after_help = "Examples:\n  personactl profile --offline --description 'fine-tuning a 7B model with LoRA' --software pytorch --data-gb 80\n  echo 'postgres primary, 2 TB NVMe' | personactl profile --description-file - --json"
+    )]
+    Profile(persona_coordinator::profile_cli::ProfileArgs),
+    /// The profiler model: `personactl model train [--offline --out FILE] [--seed N]`.
+    Model {
+        #[command(subcommand)]
+        command: persona_coordinator::profile_cli::ModelCmd,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  personactl completions bash > /etc/bash_completion.d/personactl\n  personactl completions zsh > \"${fpath[1]}/_personactl\"\n  personactl completions fish > ~/.config/fish/completions/personactl.fish"
+    )]
+    Completions {
+        /// bash, zsh or fish.
+        shell: Shell,
+    },
+}
+
+/// Shells `completions` knows.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand)]
 enum TokenCmd {
     /// Create a join token and print the agent's enroll command line.
     Create {
+        /// How long the token is valid: 90s, 10m, 1h, 2d.
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// How many agents may enroll with it.
         #[arg(long, default_value_t = 1)]
         uses: i64,
     },
+    /// List tokens with their expiry and remaining uses.
     List,
+    /// Revoke a token so no further agent can enroll with it.
     Revoke {
+        /// Token id (the part before the dot).
         id: String,
     },
 }
 
 #[derive(Subcommand)]
 enum AgentsCmd {
+    /// Enrolled agents with their connection state and last contact.
     List,
-    Show { id: String },
-    Revoke { id: String },
+    /// Facts, declared purpose, latest values and top processes of one agent.
+    Show {
+        /// Agent id.
+        id: String,
+    },
+    /// Cut an agent off at once and refuse it from then on.
+    Revoke {
+        /// Agent id.
+        id: String,
+    },
 }
 
 /// Renders an API answer for humans.
@@ -92,10 +182,65 @@ fn ts(ms: Option<i64>) -> String {
     }
 }
 
+/// `status` for humans: counters as aligned name/value pairs, rejections by reason.
+fn status_table(v: &Value) -> String {
+    let mut t = Table::new(&[("COUNTER", Align::Left), ("VALUE", Align::Left)]);
+    let mut rejected = Table::new(&[("REJECTED BY REASON", Align::Left), ("COUNT", Align::Right)]);
+    for (k, x) in v.as_object().into_iter().flatten() {
+        match x {
+            Value::Object(m) if k == "rejected" => {
+                for (reason, n) in m {
+                    rejected.row(vec![reason.clone(), n.to_string()]);
+                }
+            }
+            Value::String(s) => t.row(vec![k.clone(), s.clone()]),
+            other => t.row(vec![k.clone(), other.to_string()]),
+        }
+    }
+    let mut out = t.render();
+    if v["rejected"].as_object().is_some_and(|m| !m.is_empty()) {
+        out += "\n";
+        out += &rejected.render();
+    }
+    out
+}
+
+/// Writes the completion script for `shell` on stdout.
+fn completions(shell: Shell) {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let out = &mut std::io::stdout();
+    match shell {
+        Shell::Bash => {
+            clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "personactl", out)
+        }
+        Shell::Zsh => {
+            clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, "personactl", out)
+        }
+        Shell::Fish => {
+            clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, "personactl", out)
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<(), CtlError> {
+    // Persona, profile and model commands live in the library (and may run offline).
+    let g = persona_coordinator::profile_cli::Global {
+        api: cli.api.clone(),
+        data_dir: cli.data_dir.clone(),
+        json: cli.json,
+    };
+    let command = match cli.command {
+        Command::Personas { command } => {
+            return persona_coordinator::profile_cli::personas(command, &g);
+        }
+        Command::Profile(a) => return persona_coordinator::profile_cli::profile(a, &g),
+        Command::Model { command } => return persona_coordinator::profile_cli::model(command, &g),
+        other => other,
+    };
     let client = Client::discover(cli.api, cli.data_dir)?;
     let call = |m: Method, p: &str, b: Option<Value>| client.call_blocking(m, p, b);
-    let (doc, human): (Value, Formatter) = match cli.command {
+    let (doc, human): (Value, Formatter) = match command {
         Command::Token {
             command: TokenCmd::Create { ttl, uses },
         } => {
@@ -126,10 +271,13 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             (
                 v,
                 Box::new(|v| {
-                    let mut s = format!(
-                        "{:<8} {:>10} {:>6} {:>5} {}\n",
-                        "ID", "EXPIRES", "LEFT", "USED", "STATE"
-                    );
+                    let mut table = Table::new(&[
+                        ("ID", Align::Left),
+                        ("EXPIRES IN", Align::Right),
+                        ("LEFT", Align::Right),
+                        ("USED", Align::Right),
+                        ("STATE", Align::Left),
+                    ]);
                     for t in v["tokens"].as_array().into_iter().flatten() {
                         let exp = (t["expires_ms"].as_i64().unwrap_or(0)
                             - persona_coordinator::store::now_ms())
@@ -143,16 +291,15 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                         } else {
                             "active"
                         };
-                        s += &format!(
-                            "{:<8} {:>9}s {:>6} {:>5} {}\n",
-                            t["id"].as_str().unwrap_or(""),
-                            exp.max(0),
+                        table.row(vec![
+                            t["id"].as_str().unwrap_or("").to_owned(),
+                            format!("{}s", exp.max(0)),
                             t["uses_left"].to_string(),
                             t["used"].to_string(),
-                            state
-                        );
+                            state.to_owned(),
+                        ]);
                     }
-                    s
+                    table.render()
                 }),
             )
         }
@@ -172,21 +319,23 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             (
                 v,
                 Box::new(|v| {
-                    let mut s = format!(
-                        "{:<20} {:<20} {:<13} {:>9} {:>12}\n",
-                        "ID", "HOSTNAME", "STATE", "BATCHES", "LAST SEEN"
-                    );
+                    let mut table = Table::new(&[
+                        ("ID", Align::Left),
+                        ("HOSTNAME", Align::Left),
+                        ("STATE", Align::Left),
+                        ("BATCHES", Align::Right),
+                        ("LAST SEEN", Align::Right),
+                    ]);
                     for a in v["agents"].as_array().into_iter().flatten() {
-                        s += &format!(
-                            "{:<20} {:<20} {:<13} {:>9} {:>12}\n",
-                            a["id"].as_str().unwrap_or(""),
-                            a["hostname"].as_str().unwrap_or(""),
-                            a["state"].as_str().unwrap_or(""),
+                        table.row(vec![
+                            a["id"].as_str().unwrap_or("").to_owned(),
+                            a["hostname"].as_str().unwrap_or("").to_owned(),
+                            a["state"].as_str().unwrap_or("").to_owned(),
                             a["batches"].to_string(),
-                            ts(a["last_seen_ms"].as_i64())
-                        );
+                            ts(a["last_seen_ms"].as_i64()),
+                        ]);
                     }
-                    s
+                    table.render()
                 }),
             )
         }
@@ -283,10 +432,15 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         }
         Command::Status => {
             let v = call(Method::GET, "/v1/status", None)?;
-            (
-                v,
-                Box::new(|v| serde_json::to_string_pretty(v).unwrap_or_default() + "\n"),
-            )
+            (v, Box::new(status_table))
+        }
+        Command::Completions { .. } => {
+            return Err(CtlError::Arg(
+                "completions are printed before any request".into(),
+            ));
+        }
+        Command::Personas { .. } | Command::Profile(_) | Command::Model { .. } => {
+            return Err(CtlError::Arg("handled before any request".into()));
         }
     };
     if cli.json {
@@ -298,12 +452,28 @@ fn run(cli: Cli) -> Result<(), CtlError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version are not errors; everything else is a usage error (1,
+            // not clap's default 2, which means "not found" here).
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    if let Command::Completions { shell } = cli.command {
+        completions(shell);
+        return ExitCode::SUCCESS;
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("personactl: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

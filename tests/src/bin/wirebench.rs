@@ -36,7 +36,9 @@ fn busy(stop: Arc<AtomicBool>, dir: std::path::PathBuf) -> Vec<std::thread::Join
             let mut x: u64 = 1;
             while !stop.load(Ordering::Relaxed) {
                 for _ in 0..100_000 {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                 }
                 std::hint::black_box(x);
             }
@@ -48,7 +50,12 @@ fn busy(stop: Arc<AtomicBool>, dir: std::path::PathBuf) -> Vec<std::thread::Join
         let path = dir.join("wirebench.dat");
         let mut written = 0u64;
         while !s.load(Ordering::Relaxed) && written < (1 << 30) {
-            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path) {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&path)
+            {
                 for _ in 0..8 {
                     let _ = f.write_all(&chunk);
                     written += chunk.len() as u64;
@@ -61,8 +68,12 @@ fn busy(stop: Arc<AtomicBool>, dir: std::path::PathBuf) -> Vec<std::thread::Join
     }));
     let s = stop;
     hs.push(std::thread::spawn(move || {
-        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else { return };
-        let Ok(addr) = listener.local_addr() else { return };
+        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            return;
+        };
+        let Ok(addr) = listener.local_addr() else {
+            return;
+        };
         let reader = std::thread::spawn(move || {
             if let Ok((mut c, _)) = listener.accept() {
                 let mut buf = vec![0u8; 1 << 16];
@@ -87,7 +98,11 @@ fn busy(stop: Arc<AtomicBool>, dir: std::path::PathBuf) -> Vec<std::thread::Join
 fn main() {
     let phase = arg("--phase-seconds", 30);
     let json_out = std::env::args().any(|a| a == "--json");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let report = rt.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);

@@ -1,0 +1,271 @@
+//! The privileged half of the agent: `persona-actuator`, a small root helper that accepts
+//! a fixed, allow-listed set of requests on a Unix socket and nothing else.
+//!
+//! Why a separate process: sampling and streaming need no privilege (everything the
+//! collectors read in /proc and /sys is world-readable), and that half talks to the
+//! network, parses coordinator messages and links a TLS stack. The few actions that need
+//! root (a CPU online/offline write in sysfs, a cgroup limit, a package install) are
+//! kept out of it: the unprivileged agent asks, this helper checks the request against
+//! the allow-list with strict value checks, and only then acts. A compromised agent can
+//! therefore do no more than the allow-list, whose every entry is bounded.
+//!
+//! Wire format: one JSON object per line in, one JSON object per line out, one request
+//! per connection. The socket is created mode 0660 with the service's group (`persona`),
+//! so only the agent's user can talk to it.
+//!
+//! What is implemented today: the server, the request parsing and validation (the
+//! allow-list below) and `ping`. The actions themselves arrive with issue 7; until then an
+//! allowed request is answered `not_implemented` and a request outside the allow-list
+//! `refused`. This module does not decide *whether* to act (the coordinator and the agent
+//! do); it only decides whether a request is allowed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default socket path (systemd's `RuntimeDirectory=persona-actuator`).
+pub const DEFAULT_SOCKET: &str = "/run/persona-actuator/actuator.sock";
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 16 * 1024;
+/// Highest CPU number accepted (the kernel's NR_CPUS upper bound in common configs).
+const MAX_CPU: u32 = 8191;
+/// Most packages in one install request.
+const MAX_PACKAGES: usize = 64;
+
+/// Why the actuator could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ActuatorError {
+    #[error("cannot bind the actuator socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot set the mode of {path}: {source}")]
+    Mode {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The allow-list: every request the actuator understands.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Liveness check.
+    Ping {},
+    /// Bring a CPU online or offline (`/sys/devices/system/cpu/cpuN/online`). CPU 0 is
+    /// never taken offline.
+    CpuOnline { cpu: u32, online: bool },
+    /// Set limits of a cgroup Persona owns (`persona.slice/<group>` only).
+    CgroupLimit {
+        group: String,
+        cpu_max_millicores: Option<u64>,
+        memory_max_bytes: Option<u64>,
+    },
+    /// Install Debian packages by name (no versions, no URLs, no local files).
+    InstallPackages { packages: Vec<String> },
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    /// `refused`, `not_implemented`, `bad_request`; absent when ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub detail: String,
+}
+
+impl Reply {
+    fn ok(detail: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            detail: detail.into(),
+        }
+    }
+    fn err(kind: &str, detail: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(kind.to_owned()),
+            detail: detail.into(),
+        }
+    }
+}
+
+fn valid_group(g: &str) -> bool {
+    (1..=64).contains(&g.len())
+        && g.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Debian policy package names: lowercase alphanumerics and `+-.`, starting alphanumeric.
+fn valid_package(p: &str) -> bool {
+    let b = p.as_bytes();
+    (2..=128).contains(&b.len())
+        && b.first()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+-.".contains(c))
+}
+
+/// Checks a request's values against the allow-list bounds.
+pub fn check(req: &Request) -> Result<(), String> {
+    match req {
+        Request::Ping {} => Ok(()),
+        Request::CpuOnline { cpu, online } => {
+            if *cpu == 0 && !online {
+                Err("cpu 0 is never taken offline".into())
+            } else if *cpu > MAX_CPU {
+                Err(format!("cpu {cpu} is outside 0..={MAX_CPU}"))
+            } else {
+                Ok(())
+            }
+        }
+        Request::CgroupLimit {
+            group,
+            cpu_max_millicores,
+            memory_max_bytes,
+        } => {
+            if !valid_group(group) {
+                return Err(format!(
+                    "group {group:?} is not 1 to 64 of [a-z0-9-] (only persona.slice/<group>)"
+                ));
+            }
+            if cpu_max_millicores.is_some_and(|m| m < 10) {
+                return Err("cpu_max_millicores below 10 would starve the group".into());
+            }
+            if memory_max_bytes.is_some_and(|m| m < 16 << 20) {
+                return Err("memory_max_bytes below 16 MiB would starve the group".into());
+            }
+            Ok(())
+        }
+        Request::InstallPackages { packages } => {
+            if packages.is_empty() || packages.len() > MAX_PACKAGES {
+                return Err(format!("1 to {MAX_PACKAGES} packages per request"));
+            }
+            match packages.iter().find(|p| !valid_package(p)) {
+                Some(p) => Err(format!("{p:?} is not a Debian package name")),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// Parses, checks and (one day) performs one request line.
+pub fn handle_line(line: &str) -> Reply {
+    let req: Request = match serde_json::from_str(line.trim()) {
+        Ok(r) => r,
+        Err(e) => return Reply::err("refused", format!("not an allow-listed request: {e}")),
+    };
+    if let Err(why) = check(&req) {
+        return Reply::err("refused", why);
+    }
+    match req {
+        Request::Ping {} => Reply::ok(concat!("persona-actuator ", env!("CARGO_PKG_VERSION"))),
+        other => Reply::err(
+            "not_implemented",
+            format!("{other:?} is allowed but its action arrives with issue 7"),
+        ),
+    }
+}
+
+fn serve_one(stream: UnixStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
+    let reply = if line.ends_with('\n') {
+        handle_line(&line)
+    } else {
+        Reply::err("bad_request", "one JSON object per line, at most 16 KiB")
+    };
+    let mut out = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
+    out.push('\n');
+    (&stream).write_all(out.as_bytes())
+}
+
+/// Binds `path` (replacing a stale socket), mode 0660.
+pub fn bind(path: &Path) -> Result<UnixListener, ActuatorError> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|source| ActuatorError::Bind {
+        path: path.to_owned(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
+        ActuatorError::Mode {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// Serves requests one at a time, forever (systemd stops it with SIGTERM, which ends the
+/// process: there is no state to save).
+pub fn serve(listener: &UnixListener) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(s) => {
+                if let Err(e) = serve_one(s) {
+                    tracing::debug!("actuator connection: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("actuator accept: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allow_list() {
+        assert!(handle_line("{\"op\":\"ping\"}\n").ok);
+        let r = handle_line("{\"op\":\"cpu_online\",\"cpu\":1,\"online\":false}");
+        assert_eq!(r.error.as_deref(), Some("not_implemented"));
+        for refused in [
+            "{\"op\":\"cpu_online\",\"cpu\":0,\"online\":false}",
+            "{\"op\":\"cpu_online\",\"cpu\":99999,\"online\":true}",
+            "{\"op\":\"exec\",\"cmd\":\"rm -rf /\"}",
+            "{\"op\":\"ping\",\"extra\":1}",
+            "{\"op\":\"cgroup_limit\",\"group\":\"../../etc\"}",
+            "{\"op\":\"cgroup_limit\",\"group\":\"web\",\"memory_max_bytes\":1}",
+            "{\"op\":\"install_packages\",\"packages\":[\"curl; rm -rf /\"]}",
+            "{\"op\":\"install_packages\",\"packages\":[\"http://x/y.deb\"]}",
+            "{\"op\":\"install_packages\",\"packages\":[]}",
+            "not json",
+        ] {
+            let r = handle_line(refused);
+            assert_eq!(r.error.as_deref(), Some("refused"), "{refused}: {r:?}");
+        }
+        let r =
+            handle_line("{\"op\":\"install_packages\",\"packages\":[\"python3-torch\",\"g++\"]}");
+        assert_eq!(r.error.as_deref(), Some("not_implemented"), "{r:?}");
+    }
+
+    #[test]
+    fn serves_over_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        let l = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            serve_one(s).unwrap();
+        });
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(b"{\"op\":\"ping\"}\n").unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        let r: Reply = serde_json::from_str(&out).unwrap();
+        assert!(r.ok, "{out}");
+        t.join().unwrap();
+    }
+}

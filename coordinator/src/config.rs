@@ -1,0 +1,397 @@
+//! The coordinator's configuration file (`persona-coordinator serve --config FILE`, TOML).
+//!
+//! Keys mirror `serve`'s flags one to one (`--retention-days` is `retention_days`), and a
+//! flag given on the command line overrides the file, so a unit can ship a file and an
+//! operator can still try one setting by hand. Every key has a default, unknown keys are
+//! refused, and an invalid value is reported with the file, the key, the value and what
+//! is allowed. [`COORDINATOR_KEYS`] documents every key; `docs/configuration.md` is
+//! rendered from it ([`render_reference`]) and a test keeps the two in step.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use persona_agent::confdoc::{AGENT_KEYS, KeyDoc, render_section};
+use serde::Deserialize;
+
+use crate::ServeOptions;
+use crate::server::ServerSettings;
+
+/// Valid ranges, shared with the command-line flags.
+pub const SAMPLE_INTERVAL_MS: std::ops::RangeInclusive<i64> = 100..=60_000;
+pub const BATCH_INTERVAL_S: std::ops::RangeInclusive<i64> = 1..=600;
+pub const RETENTION_DAYS: std::ops::RangeInclusive<i64> = 1..=3650;
+pub const MAX_FRAME_BYTES: std::ops::RangeInclusive<i64> = 1024..=(64 << 20);
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// toml's message names the key, the line and the offending text.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration ({source_name}): key `{key}` = {value}: allowed: {allowed}")]
+    Invalid {
+        /// The file, or "command line".
+        source_name: String,
+        key: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
+}
+
+/// Settings of `persona-coordinator serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub advertise: Option<String>,
+    pub sample_interval_ms: u32,
+    pub batch_interval_s: u32,
+    pub retention_days: u32,
+    pub max_frame_bytes: u32,
+    pub metrics_require_token: bool,
+    /// Instance catalogue for sizing; None = the built-in one.
+    pub catalogue: Option<PathBuf>,
+}
+
+impl Default for CoordConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/persona-coordinator"),
+            listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
+            http: SocketAddr::from(([127, 0, 0, 1], 7444)),
+            advertise: None,
+            sample_interval_ms: 1000,
+            batch_interval_s: 10,
+            retention_days: 14,
+            max_frame_bytes: 1 << 20,
+            metrics_require_token: false,
+            catalogue: None,
+        }
+    }
+}
+
+/// Values given as flags; `Some` overrides the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub advertise: Option<String>,
+    pub sample_interval_ms: Option<u32>,
+    pub batch_interval_s: Option<u32>,
+    pub retention_days: Option<u32>,
+    pub max_frame_bytes: Option<u32>,
+    pub catalogue: Option<PathBuf>,
+}
+
+impl CoordConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<CoordConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<CoordConfig, ConfigError> {
+        let cfg: CoordConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        cfg.validate(&path.display().to_string())?;
+        Ok(cfg)
+    }
+
+    /// Applies command-line flags on top.
+    pub fn apply(&mut self, o: Overrides) {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = o.$f { self.$f = v; } )* };
+        }
+        set!(
+            data_dir,
+            listen,
+            http,
+            sample_interval_ms,
+            batch_interval_s,
+            retention_days,
+            max_frame_bytes
+        );
+        if o.advertise.is_some() {
+            self.advertise = o.advertise;
+        }
+        if o.catalogue.is_some() {
+            self.catalogue = o.catalogue;
+        }
+    }
+
+    /// Checks every value; `source_name` (file or "command line") goes into the error.
+    pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let bad = |key, value: String, allowed| ConfigError::Invalid {
+            source_name: source_name.to_owned(),
+            key,
+            value,
+            allowed,
+        };
+        let ranges = [
+            (
+                "sample_interval_ms",
+                i64::from(self.sample_interval_ms),
+                SAMPLE_INTERVAL_MS,
+                "100..=60000",
+            ),
+            (
+                "batch_interval_s",
+                i64::from(self.batch_interval_s),
+                BATCH_INTERVAL_S,
+                "1..=600",
+            ),
+            (
+                "retention_days",
+                i64::from(self.retention_days),
+                RETENTION_DAYS,
+                "1..=3650",
+            ),
+            (
+                "max_frame_bytes",
+                i64::from(self.max_frame_bytes),
+                MAX_FRAME_BYTES,
+                "1024..=67108864",
+            ),
+        ];
+        for (key, v, range, allowed) in ranges {
+            if !range.contains(&v) {
+                return Err(bad(key, v.to_string(), allowed));
+            }
+        }
+        if i64::from(self.batch_interval_s) * 1000 < i64::from(self.sample_interval_ms) {
+            return Err(bad(
+                "batch_interval_s",
+                self.batch_interval_s.to_string(),
+                "at least one sample interval",
+            ));
+        }
+        if let Some(a) = &self.advertise
+            && !persona_agent::config::looks_like_host_port(a)
+        {
+            return Err(bad("advertise", format!("{a:?}"), "HOST:PORT"));
+        }
+        Ok(())
+    }
+
+    /// What `start` takes.
+    pub fn serve_options(&self) -> ServeOptions {
+        ServeOptions {
+            data_dir: self.data_dir.clone(),
+            listen: self.listen,
+            http: self.http,
+            advertise: self.advertise.clone(),
+            settings: ServerSettings {
+                max_frame: self.max_frame_bytes as usize,
+                sample_interval_ms: self.sample_interval_ms,
+                batch_interval_s: self.batch_interval_s,
+                retention_ms: i64::from(self.retention_days) * 86_400_000,
+                metrics_require_token: self.metrics_require_token,
+                catalogue: self.catalogue.clone(),
+                ..ServerSettings::default()
+            },
+        }
+    }
+}
+
+/// Every key of the coordinator's config file.
+pub const COORDINATOR_KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        key: "data_dir",
+        ty: "path",
+        default: Some("\"/var/lib/persona-coordinator\""),
+        allowed: "a directory the coordinator can write (created 0700)",
+        meaning: "The CA, the admin token, the SQLite database and serving.json. Flag: --data-dir.",
+    },
+    KeyDoc {
+        key: "listen",
+        ty: "string",
+        default: Some("\"0.0.0.0:7443\""),
+        allowed: "IP:PORT",
+        meaning: "UDP address agents connect to over QUIC. Flag: --listen.",
+    },
+    KeyDoc {
+        key: "http",
+        ty: "string",
+        default: Some("\"127.0.0.1:7444\""),
+        allowed: "IP:PORT",
+        meaning: "HTTP admin API and /metrics. Keep it on loopback unless it is fronted by TLS. Flag: --http.",
+    },
+    KeyDoc {
+        key: "advertise",
+        ty: "string",
+        default: None,
+        allowed: "HOST:PORT",
+        meaning: "Address printed in enroll commands. Unset: the QUIC address, or HOSTNAME:PORT when listening on all addresses. Flag: --advertise.",
+    },
+    KeyDoc {
+        key: "sample_interval_ms",
+        ty: "integer",
+        default: Some("1000"),
+        allowed: "100..=60000",
+        meaning: "Sampling interval agents are told to use. Flag: --sample-interval-ms.",
+    },
+    KeyDoc {
+        key: "batch_interval_s",
+        ty: "integer",
+        default: Some("10"),
+        allowed: "1..=600, at least one sample interval",
+        meaning: "Batch interval agents are told to use. Flag: --batch-interval-s.",
+    },
+    KeyDoc {
+        key: "retention_days",
+        ty: "integer",
+        default: Some("14"),
+        allowed: "1..=3650",
+        meaning: "Days of telemetry kept; older batches are deleted and refused. Flag: --retention-days.",
+    },
+    KeyDoc {
+        key: "max_frame_bytes",
+        ty: "integer",
+        default: Some("1048576"),
+        allowed: "1024..=67108864",
+        meaning: "Hard maximum size of one protocol frame. Flag: --max-frame-bytes.",
+    },
+    KeyDoc {
+        key: "metrics_require_token",
+        ty: "boolean",
+        default: Some("false"),
+        allowed: "true or false",
+        meaning: "Whether GET /metrics needs the admin bearer token. Off by default: the API listens on loopback and scrapers conventionally scrape without credentials there. Turn it on when `http` is reachable from other hosts. No flag.",
+    },
+    KeyDoc {
+        key: "catalogue",
+        ty: "path",
+        default: None,
+        allowed: "a readable instance catalogue (TOML)",
+        meaning: "Instance catalogue used for sizing recommendations. Unset: the built-in AWS us-east-1 list (coordinator/catalogue/default.toml). Flag: --catalogue.",
+    },
+];
+
+/// The whole of docs/configuration.md.
+pub fn render_reference() -> String {
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         <!-- Generated from the key tables in agent/src/confdoc.rs and coordinator/src/config.rs.\n     \
+         Do not edit: run `PERSONA_BLESS=1 cargo test -p persona-coordinator config_reference` to regenerate. -->\n\n\
+         Both files are TOML. Every key is optional (the default applies), unknown keys are\n\
+         refused with the file and key named, and an invalid value is reported with the file,\n\
+         the key, the value and what is allowed. Annotated examples: `packaging/agent.toml`\n\
+         and `packaging/coordinator.toml` (installed in `/etc/persona/`).\n\n",
+    );
+    out += &render_section(
+        "Agent: /etc/persona/agent.toml",
+        "Read by `persona-agent run --config FILE`. `--state-dir` and `--coordinator` override the file.",
+        AGENT_KEYS,
+    );
+    out += "\n";
+    out += &render_section(
+        "Coordinator: /etc/persona/coordinator.toml",
+        "Read by `persona-coordinator serve --config FILE`. Each key has a flag of the same name \
+         (underscores as dashes), and a flag given on the command line overrides the file.",
+        COORDINATOR_KEYS,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use persona_agent::confdoc::toml_setting;
+
+    fn p() -> &'static Path {
+        Path::new("/etc/persona/coordinator.toml")
+    }
+
+    #[test]
+    fn config_reference_is_current() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let want = render_reference();
+        if std::env::var_os("PERSONA_BLESS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/configuration.md is stale: run `PERSONA_BLESS=1 cargo test -p persona-coordinator config_reference`"
+        );
+    }
+
+    #[test]
+    fn documented_defaults_are_the_real_ones() {
+        for k in COORDINATOR_KEYS {
+            let Some(d) = k.default else { continue };
+            let c = CoordConfig::parse(&toml_setting(k.key, d), p())
+                .unwrap_or_else(|e| panic!("{}: {e}", k.key));
+            assert_eq!(c, CoordConfig::default(), "documented default of {}", k.key);
+        }
+        let dbg = format!("{:?}", CoordConfig::default());
+        assert_eq!(dbg.matches(": ").count(), COORDINATOR_KEYS.len(), "{dbg}");
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid_and_mentions_every_key() {
+        let text = include_str!("../../packaging/coordinator.toml");
+        CoordConfig::parse(text, Path::new("packaging/coordinator.toml")).unwrap();
+        for k in COORDINATOR_KEYS {
+            assert!(
+                text.contains(k.key),
+                "packaging/coordinator.toml lacks {}",
+                k.key
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_file_key_value_and_what_is_allowed() {
+        let e = CoordConfig::parse("retention_days = 0\n", p())
+            .unwrap_err()
+            .to_string();
+        for part in ["coordinator.toml", "retention_days", "= 0", "1..=3650"] {
+            assert!(e.contains(part), "{part} missing from: {e}");
+        }
+        let e = CoordConfig::parse("listen = \"nowhere\"\n", p())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("listen") && e.contains("nowhere") && e.contains("coordinator.toml"),
+            "{e}"
+        );
+        let e = CoordConfig::parse("retention = 3\n", p())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("retention") && e.contains("coordinator.toml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut c =
+            CoordConfig::parse("retention_days = 30\nhttp = \"127.0.0.1:9000\"\n", p()).unwrap();
+        c.apply(Overrides {
+            retention_days: Some(7),
+            ..Overrides::default()
+        });
+        assert_eq!(c.retention_days, 7);
+        assert_eq!(c.http.port(), 9000);
+        assert_eq!(c.serve_options().settings.retention_ms, 7 * 86_400_000);
+    }
+}

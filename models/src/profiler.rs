@@ -1,0 +1,418 @@
+//! The Usage Profiler: from what a user says about a VM to a probability for every persona.
+//!
+//! What it is for: [`Profiler::predict`] on the coordinator for `personactl profile` and the
+//! HTTP API, and [`train`] (cargo feature `train`) for `personactl model train`. The model is
+//! a small burn MLP over hashed features ([`crate::features`]): features -> hidden (ReLU) ->
+//! one logit per persona -> softmax.
+//!
+//! What it is not: sizing or spec extraction (the coordinator turns the distribution into a
+//! size), and not a judge of bad input beyond what the model itself needs (the caller refuses
+//! absurd data sizes, unknown software is simply an unseen feature here).
+//!
+//! The model file ([`Profiler::from_bytes`]) is this crate's own MessagePack envelope:
+//! ```text
+//! Envelope { kind: "persona-profiler", format_version, sha256(payload), payload }
+//! payload = MessagePack Body { slugs, features: FeatureConfig, hidden, meta, module }
+//! module  = burn 0.22 burnpack bytes (ModuleRecord::into_bytes / from_bytes: in memory, no
+//!           temp file)
+//! ```
+//! so a damaged file (checksum), another kind of file (kind) or a newer format (version) is
+//! refused with a clear error before burn sees any of it.
+
+use burn::module::{Module, Param, ParamId};
+use burn::nn::Linear;
+use burn::prelude::{Device, Tensor, TensorData};
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
+use burn::tensor::activation::{relu, softmax};
+use serde::{Deserialize, Serialize};
+
+use crate::ModelError;
+use crate::features::{FeatureConfig, Featurizer, MAX_INPUT_BYTES, MAX_SOFTWARE};
+
+pub use crate::corpus::{Example, shipped_corpus};
+
+/// The `kind` string of a profiler model file.
+pub const MODEL_KIND: &str = "persona-profiler";
+/// The envelope format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest model file accepted, so a hostile file cannot make us allocate without bound.
+pub const MAX_MODEL_BYTES: usize = 64 * 1024 * 1024;
+/// Largest hidden layer accepted from a model file.
+const MAX_HIDDEN: usize = 4096;
+/// Most personas a model may have.
+const MAX_SLUGS: usize = 1024;
+
+/// The model that ships inside the binary; produced by
+/// `cargo run --release -p persona-models --features train --example train_profiler -- --out models/assets/profiler.bin --seed 42`.
+static SHIPPED_MODEL: &[u8] = include_bytes!("../assets/profiler.bin");
+
+/// One request to profile.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileInput<'a> {
+    /// Free text, e.g. "fine-tuning a 7B model with LoRA".
+    pub description: &'a str,
+    /// Software names as typed (versions and registry paths are stripped).
+    pub software: &'a [String],
+    /// Data size in GB, if known.
+    pub data_gb: Option<f64>,
+}
+
+/// A summary of how the model was trained, stored in the model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    /// Held-out top-1 accuracy at training time.
+    pub top1: f64,
+    /// Held-out top-2 accuracy at training time.
+    pub top2: f64,
+    /// Training examples.
+    pub n_train: usize,
+    /// Held-out examples.
+    pub n_test: usize,
+    /// Seed of the run.
+    pub seed: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    kind: String,
+    format_version: u32,
+    #[serde(with = "serde_bytes")]
+    sha256: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    payload: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    slugs: Vec<String>,
+    features: FeatureConfig,
+    hidden: usize,
+    meta: ModelMeta,
+    #[serde(with = "serde_bytes")]
+    module: Vec<u8>,
+}
+
+/// The network: features -> hidden (ReLU) -> logits.
+#[derive(Module, Debug)]
+pub(crate) struct Mlp {
+    pub(crate) hidden: Linear,
+    pub(crate) output: Linear,
+}
+
+impl Mlp {
+    /// Builds the network from explicit weights (row layout: `[d_input, d_output]`). Param ids
+    /// are fixed so that the same weights always give the same file bytes.
+    pub(crate) fn from_weights(
+        dims: [usize; 3],
+        w1: Vec<f32>,
+        b1: Vec<f32>,
+        w2: Vec<f32>,
+        b2: Vec<f32>,
+        device: &Device,
+    ) -> Self {
+        let [d_in, d_hidden, d_out] = dims;
+        let param2 = |data: Vec<f32>, shape: [usize; 2], id: u64| {
+            let mut p =
+                Param::from_tensor(Tensor::<2>::from_data(TensorData::new(data, shape), device));
+            p.id = ParamId::from(id);
+            p
+        };
+        let param1 = |data: Vec<f32>, id: u64| {
+            let n = data.len();
+            let mut p =
+                Param::from_tensor(Tensor::<1>::from_data(TensorData::new(data, [n]), device));
+            p.id = ParamId::from(id);
+            p
+        };
+        Self {
+            hidden: Linear {
+                weight: param2(w1, [d_in, d_hidden], 1),
+                bias: Some(param1(b1, 2)),
+            },
+            output: Linear {
+                weight: param2(w2, [d_hidden, d_out], 3),
+                bias: Some(param1(b2, 4)),
+            },
+        }
+    }
+
+    /// A zero network of the right shape, to load a record into.
+    fn zeros(dims: [usize; 3], device: &Device) -> Self {
+        let [d_in, d_hidden, d_out] = dims;
+        Self::from_weights(
+            dims,
+            vec![0.0; d_in * d_hidden],
+            vec![0.0; d_hidden],
+            vec![0.0; d_hidden * d_out],
+            vec![0.0; d_out],
+            device,
+        )
+    }
+
+    /// Logits for a batch `[n, d_in]`.
+    pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.output.forward(relu(self.hidden.forward(x)))
+    }
+
+    /// Logits with a dropout mask (already scaled by 1/(1-p)) applied to the hidden layer.
+    #[cfg(feature = "train")]
+    pub(crate) fn forward_masked(&self, x: Tensor<2>, mask: Tensor<2>) -> Tensor<2> {
+        self.output.forward(relu(self.hidden.forward(x)) * mask)
+    }
+}
+
+/// A loaded profiler model, ready to predict. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Profiler {
+    slugs: Vec<String>,
+    featurizer: Featurizer,
+    model: Mlp,
+    device: Device,
+    meta: ModelMeta,
+    sha256: [u8; 32],
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The CPU device inference runs on (flex: pure Rust, single-threaded in our build).
+pub(crate) fn inference_device() -> Device {
+    Device::flex()
+}
+
+impl Profiler {
+    /// The model built into the binary; works offline.
+    pub fn shipped() -> Result<Profiler, ModelError> {
+        Self::from_bytes(SHIPPED_MODEL)
+    }
+
+    /// Loads a model file, checking kind, format version and checksum first.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Profiler, ModelError> {
+        if bytes.len() > MAX_MODEL_BYTES {
+            return Err(ModelError::InputTooLarge {
+                what: "model file",
+                size: bytes.len(),
+                max: MAX_MODEL_BYTES,
+            });
+        }
+        let env: Envelope = rmp_serde::from_slice(bytes).map_err(|e| ModelError::Corrupt {
+            reason: format!("envelope: {e}"),
+        })?;
+        if env.kind != MODEL_KIND {
+            return Err(ModelError::Foreign {
+                found: env.kind,
+                expected: MODEL_KIND,
+            });
+        }
+        if env.format_version != FORMAT_VERSION {
+            return Err(ModelError::UnsupportedVersion {
+                found: env.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let actual = sha256(&env.payload);
+        if env.sha256.as_slice() != actual.as_slice() {
+            return Err(ModelError::ChecksumMismatch {
+                expected: hex(&env.sha256),
+                actual: hex(&actual),
+            });
+        }
+        let body: Body = rmp_serde::from_slice(&env.payload).map_err(|e| ModelError::Corrupt {
+            reason: format!("payload: {e}"),
+        })?;
+        let invalid = |reason: String| ModelError::Invalid { reason };
+        body.features.validate().map_err(invalid)?;
+        if body.slugs.is_empty() || body.slugs.len() > MAX_SLUGS {
+            return Err(invalid(format!(
+                "{} personas (need 1..={MAX_SLUGS})",
+                body.slugs.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &body.slugs {
+            if !seen.insert(s.as_str()) {
+                return Err(invalid(format!("persona {s:?} listed twice")));
+            }
+        }
+        if body.hidden == 0 || body.hidden > MAX_HIDDEN {
+            return Err(invalid(format!(
+                "hidden size {} outside 1..={MAX_HIDDEN}",
+                body.hidden
+            )));
+        }
+        let device = inference_device();
+        let dims = [body.features.dims(), body.hidden, body.slugs.len()];
+        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(body.module))
+            .map_err(|source| ModelError::Weights { source })?;
+        let model = Mlp::zeros(dims, &device)
+            .try_load_record(record)
+            .map_err(|source| ModelError::Weights { source })?;
+        Ok(Profiler {
+            slugs: body.slugs,
+            featurizer: Featurizer::new(body.features),
+            model,
+            device,
+            meta: body.meta,
+            sha256: actual,
+        })
+    }
+
+    /// Persona slugs, in the order of [`Profiler::predict`]'s output.
+    pub fn slugs(&self) -> &[String] {
+        &self.slugs
+    }
+
+    /// Training summary stored in the model file.
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+
+    /// Hex SHA-256 of the model payload: a stable identity for "which model answered".
+    pub fn model_id(&self) -> String {
+        hex(&self.sha256)
+    }
+
+    /// The feature settings of this model.
+    pub fn feature_config(&self) -> &FeatureConfig {
+        self.featurizer.config()
+    }
+
+    /// Probabilities for every persona (sum 1, order = [`Profiler::slugs`]).
+    ///
+    /// Refuses input with nothing in it, descriptions over 64 KiB and more than 256 software
+    /// entries, rather than silently truncating what a user sent.
+    pub fn predict(&self, input: &ProfileInput) -> Result<Vec<f32>, ModelError> {
+        if input.description.len() > MAX_INPUT_BYTES {
+            return Err(ModelError::InputTooLarge {
+                what: "description",
+                size: input.description.len(),
+                max: MAX_INPUT_BYTES,
+            });
+        }
+        if input.software.len() > MAX_SOFTWARE {
+            return Err(ModelError::InputTooLarge {
+                what: "software list",
+                size: input.software.len(),
+                max: MAX_SOFTWARE,
+            });
+        }
+        if input.description.trim().is_empty() && input.software.iter().all(|s| s.trim().is_empty())
+        {
+            return Err(ModelError::EmptyInput);
+        }
+        let x = self
+            .featurizer
+            .features(input.description, input.software, input.data_gb);
+        let mut out = self.predict_batch(&x, 1)?;
+        // Guard the invariant callers rely on even if the weights were pathological.
+        renormalize(&mut out);
+        Ok(out)
+    }
+
+    /// Probabilities for `n` feature rows laid out one after the other (used by evaluation).
+    pub(crate) fn predict_batch(&self, x: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
+        let d = self.featurizer.config().dims();
+        let t = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [n, d]), &self.device);
+        let probs = softmax(self.model.forward(t), 1);
+        probs
+            .try_into_vec_as::<f32>()
+            .map_err(|e| ModelError::Inference {
+                reason: format!("{e:?}"),
+            })
+    }
+
+    pub(crate) fn featurizer(&self) -> &Featurizer {
+        &self.featurizer
+    }
+}
+
+/// Makes `p` a probability vector: non-finite or negative entries become 0, then it is
+/// scaled to sum 1 (uniform if nothing is left).
+fn renormalize(p: &mut [f32]) {
+    for v in p.iter_mut() {
+        if !v.is_finite() || *v < 0.0 {
+            *v = 0.0;
+        }
+    }
+    let sum: f32 = p.iter().sum();
+    if sum > 0.0 && sum.is_finite() {
+        for v in p.iter_mut() {
+            *v /= sum;
+        }
+    } else if !p.is_empty() {
+        let u = 1.0 / p.len() as f32;
+        p.iter_mut().for_each(|v| *v = u);
+    }
+}
+
+/// The top probability below which the answer is "nothing stands out".
+pub const LOW_CONFIDENCE_TOP: f32 = 0.45;
+/// The lead over the runner-up below which the answer is "nothing stands out".
+pub const LOW_CONFIDENCE_MARGIN: f32 = 0.15;
+
+/// The low-confidence rule: `true` when the best persona has less than
+/// [`LOW_CONFIDENCE_TOP`] (0.45) or leads the second by less than [`LOW_CONFIDENCE_MARGIN`]
+/// (0.15). A mixed request ("I stream games and also train models") is therefore flagged;
+/// the caller then sizes on the whole distribution rather than trusting the top persona.
+pub fn low_confidence(probs: &[f32]) -> bool {
+    let mut top = 0.0f32;
+    let mut second = 0.0f32;
+    for &p in probs {
+        if p > top {
+            second = top;
+            top = p;
+        } else if p > second {
+            second = p;
+        }
+    }
+    top < LOW_CONFIDENCE_TOP || top - second < LOW_CONFIDENCE_MARGIN
+}
+
+/// Writes a model file (the envelope around burn's bytes).
+#[cfg(feature = "train")]
+pub(crate) fn encode_model(
+    slugs: &[String],
+    features: &FeatureConfig,
+    hidden: usize,
+    meta: ModelMeta,
+    model: Mlp,
+) -> Result<Vec<u8>, ModelError> {
+    let module = model
+        .into_record()
+        .into_bytes()
+        .map_err(|e| ModelError::Encode {
+            reason: format!("burn record: {e}"),
+        })?;
+    let body = Body {
+        slugs: slugs.to_vec(),
+        features: features.clone(),
+        hidden,
+        meta,
+        module: module.to_vec(),
+    };
+    let payload = rmp_serde::to_vec_named(&body).map_err(|e| ModelError::Encode {
+        reason: format!("payload: {e}"),
+    })?;
+    let env = Envelope {
+        kind: MODEL_KIND.to_string(),
+        format_version: FORMAT_VERSION,
+        sha256: sha256(&payload).to_vec(),
+        payload,
+    };
+    rmp_serde::to_vec_named(&env).map_err(|e| ModelError::Encode {
+        reason: format!("envelope: {e}"),
+    })
+}
+
+#[cfg(feature = "train")]
+pub use crate::train::{TrainConfig, TrainReport, train, train_with};
