@@ -58,9 +58,9 @@ impl ApiState {
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
-fn reply(status: StatusCode, body: &Value) -> Resp {
+pub(crate) fn reply(status: StatusCode, body: &Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -70,7 +70,7 @@ fn reply(status: StatusCode, body: &Value) -> Resp {
     r
 }
 
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
+pub(crate) fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
     reply(status, &json!({ "error": msg.to_string() }))
 }
 

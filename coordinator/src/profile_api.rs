@@ -15,15 +15,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Response, StatusCode};
+use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::persona_db::Feedback;
 use crate::personas;
 use crate::profiling::{ProfileError, ProfileRequest, ProfilingService};
 
-type Resp = Response<Full<Bytes>>;
+use crate::api::{Resp, error, reply};
 
 /// Largest request body per route: persona imports are big (a persona is about 20 KB of
 /// JSON), a profile request carries up to 64 KiB of text (JSON escaping can grow it).
@@ -33,20 +32,6 @@ pub fn body_limit(path: &str) -> usize {
         "/v1/profile" | "/v1/feedback" => 1024 * 1024,
         _ => 64 * 1024,
     }
-}
-
-fn reply(status: StatusCode, body: &Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
-    reply(status, &json!({ "error": msg.to_string() }))
 }
 
 fn profile_status(e: &ProfileError) -> StatusCode {
