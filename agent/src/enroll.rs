@@ -214,12 +214,11 @@ pub async fn enroll(opts: EnrollOptions) -> Result<Identity, EnrollError> {
                 message: r.message,
             });
         }
-        CoordMsg::Welcome(_) => {
+        other => {
             return Err(EnrollError::BadResponse {
-                what: "Welcome".into(),
+                what: crate::link::kind(&other).into(),
             });
         }
-        CoordMsg::Ack { .. } => return Err(EnrollError::BadResponse { what: "Ack".into() }),
     };
     check_response(&response, &pin, key.public_key_raw())?;
 

@@ -114,12 +114,15 @@ fn wire(context: &'static str) -> impl FnOnce(WireError) -> LinkError {
 }
 
 /// Name of a message kind, for errors (never the content, which may be large).
-fn kind(m: &CoordMsg) -> &'static str {
+pub fn kind(m: &CoordMsg) -> &'static str {
     match m {
         CoordMsg::Enrolled(_) => "Enrolled",
         CoordMsg::Welcome(_) => "Welcome",
         CoordMsg::Ack { .. } => "Ack",
         CoordMsg::Reject(_) => "Reject",
+        CoordMsg::EventAck { .. } => "EventAck",
+        CoordMsg::Model(_) => "Model",
+        CoordMsg::Command(_) => "Command",
     }
 }
 
@@ -530,6 +533,7 @@ impl Link {
             facts,
             purpose: self.cfg.purpose.clone(),
             last_seq,
+            model_version: None,
         });
         write_msg(&mut ctl_send, &hello, max)
             .await

@@ -254,7 +254,10 @@ async fn stream(
             let _ = send.finish();
             let _ = send.stopped().await;
         }
-        AgentMsg::Facts(_) => {}
+        AgentMsg::Facts(_)
+        | AgentMsg::Event(_)
+        | AgentMsg::ModelStatus(_)
+        | AgentMsg::CommandUpdate(_) => {}
     }
 }
 

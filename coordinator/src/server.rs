@@ -693,6 +693,9 @@ async fn handle_stream(
                 let _ = tx.finish();
                 return;
             }
+            AgentMsg::Event(_) | AgentMsg::ModelStatus(_) | AgentMsg::CommandUpdate(_) => {
+                // Handled by the features that own them; until then ignored.
+            }
             AgentMsg::Enroll(_) => {
                 reject(
                     &mut tx,

@@ -610,6 +610,7 @@ fn row_batch(r: &rusqlite::Row<'_>) -> Result<Batch, StoreError> {
         index: r.get(3).map_err(get)?,
         data: r.get(4).map_err(get)?,
         procs: Vec::new(),
+        mirror: None,
     })
 }
 

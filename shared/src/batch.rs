@@ -175,6 +175,7 @@ impl BatchBuilder {
             index: Vec::with_capacity(256),
             data: Vec::with_capacity(1024),
             procs: Vec::new(),
+            mirror: None,
         };
         if !self.encode_into(seq, &mut b) {
             return None;

@@ -5,6 +5,8 @@
 
 pub mod batch;
 pub mod codec;
+pub mod command;
+pub mod events;
 pub mod facts;
 pub mod metrics;
 pub mod protocol;

@@ -11,6 +11,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::command::{CommandUpdate, SignedCommand};
+use crate::events::AgentEvent;
 use crate::facts::HostFacts;
 
 /// ALPN of protocol version 1; a peer offering anything else is refused in the handshake.
@@ -61,6 +63,8 @@ pub struct Hello {
     pub purpose: Option<Purpose>,
     /// Highest sequence number the agent has ever assigned (0 = none yet).
     pub last_seq: u64,
+    /// Version of the mirror model the agent runs (None before it has one).
+    pub model_version: Option<String>,
 }
 
 /// The coordinator's answer to Hello: who the agent is and how to sample.
@@ -102,6 +106,48 @@ pub struct Batch {
     pub data: Vec<u8>,
     /// Busiest processes at the end of the batch (union of top by CPU and by memory).
     pub procs: Vec<WireProc>,
+    /// What the agent's mirror model made of the window ending with this batch.
+    pub mirror: Option<MirrorReport>,
+}
+
+/// A persona and its probability, as the mirror model or the profiler gives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersonaProb {
+    pub slug: String,
+    pub probability: f32,
+}
+
+/// The mirror model's distribution over personas for the window ending at `window_end_ms`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct MirrorReport {
+    pub model_version: String,
+    pub window_end_ms: i64,
+    /// Sorted by descending probability.
+    pub distribution: Vec<PersonaProb>,
+}
+
+/// A model pushed by the coordinator: its bytes in the model crate's format, a version
+/// and the SHA-256 of the bytes, which the agent checks before it loads anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelPush {
+    /// Which model: "mirror".
+    pub kind: String,
+    pub version: String,
+    #[serde(with = "serde_bytes")]
+    pub sha256: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// The agent's answer to a [`ModelPush`]: the version it now runs, and whether the
+/// pushed one was taken or refused (and why).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelStatus {
+    pub kind: String,
+    pub offered: String,
+    pub running: String,
+    pub accepted: bool,
+    pub message: Option<String>,
 }
 
 /// Why the coordinator refused something. Sent before it closes a stream.
@@ -130,6 +176,10 @@ pub enum AgentMsg {
     Hello(Hello),
     Batch(Batch),
     Facts(HostFacts),
+    /// Sent on the control stream as soon as it is raised.
+    Event(AgentEvent),
+    ModelStatus(ModelStatus),
+    CommandUpdate(CommandUpdate),
 }
 
 /// Messages from coordinator to agent.
@@ -143,6 +193,12 @@ pub enum CoordMsg {
         duplicate: bool,
     },
     Reject(Reject),
+    /// The event `id` is stored.
+    EventAck {
+        id: u64,
+    },
+    Model(ModelPush),
+    Command(SignedCommand),
 }
 
 /// Framing and decoding errors. `Incomplete` is deliberately absent: a short buffer is
@@ -260,6 +316,7 @@ mod tests {
                 data_gb: Some(80.0),
             }),
             last_seq: 7,
+            model_version: Some("m1".into()),
         })
     }
 
@@ -313,6 +370,14 @@ mod tests {
                 cpu_milli: 1,
                 rss_kib: 2,
             }],
+            mirror: Some(MirrorReport {
+                model_version: "m1".into(),
+                window_end_ms: 5,
+                distribution: vec![PersonaProb {
+                    slug: "web-server".into(),
+                    probability: 0.9,
+                }],
+            }),
         };
         let (mut a, mut c) = (Vec::new(), Vec::new());
         encode_batch_frame(&b, &mut a, DEFAULT_MAX_FRAME).unwrap();

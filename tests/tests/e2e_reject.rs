@@ -259,6 +259,7 @@ fn bad_clients_are_refused_and_an_enrolled_agent_keeps_streaming() {
             index: vec![],
             data: vec![],
             procs: vec![],
+            mirror: None,
         };
         match exchange(&c, &frame(&AgentMsg::Batch(batch))).await {
             Ok(CoordMsg::Reject(r)) => assert_eq!(r.code, RejectCode::BadTimestamps),

@@ -363,6 +363,7 @@ async fn run_agent(
             facts: Default::default(),
             purpose: None,
             last_seq: seq,
+            model_version: None,
         });
         if persona_agent::link::write_msg(&mut ctl_tx, &hello, 1 << 20)
             .await
