@@ -10,5 +10,6 @@ pub mod events;
 pub mod facts;
 pub mod metrics;
 pub mod protocol;
+pub mod resize;
 pub mod sample;
 pub mod varint;
