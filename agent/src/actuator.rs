@@ -13,11 +13,14 @@
 //! per connection. The socket is created mode 0660 with the service's group (`persona`),
 //! so only the agent's user can talk to it.
 //!
-//! What is implemented today: the server, the request parsing and validation (the
-//! allow-list below) and `ping`. The actions themselves arrive with issue 7; until then an
-//! allowed request is answered `not_implemented` and a request outside the allow-list
-//! `refused`. This module does not decide *whether* to act (the coordinator and the agent
-//! do); it only decides whether a request is allowed.
+//! Implemented: `ping`, `cpu_online`, `memory_online` and `cgroup_limit`, performed by
+//! [`perform`], which is also what the guest actuator (`crate::actuate`) calls in-process
+//! when no helper is configured, so both paths run the same checks. The helper takes its
+//! roots, floor and cgroup slice from the agent's own config file (`[guest_actuator]`,
+//! root-owned), never from the request. `install_packages` is allow-listed but answered
+//! `not_implemented`: package installs belong to the pre-load orchestrator. This module
+//! does not decide *whether* to act (the coordinator and the agent's policy do); it only
+//! decides whether a request is allowed and does it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -27,6 +30,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::actuate::{ActuateError, GuestActuatorConfig};
+
 /// Default socket path (systemd's `RuntimeDirectory=persona-actuator`).
 pub const DEFAULT_SOCKET: &str = "/run/persona-actuator/actuator.sock";
 /// Longest request line accepted.
@@ -35,6 +40,8 @@ const MAX_REQUEST: u64 = 16 * 1024;
 const MAX_CPU: u32 = 8191;
 /// Most packages in one install request.
 const MAX_PACKAGES: usize = 64;
+/// Highest memory block number accepted (2^20 blocks of 128 MiB is 128 TiB).
+const MAX_MEMORY_BLOCK: u32 = 1 << 20;
 
 /// Why the actuator could not serve.
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +67,16 @@ pub enum Request {
     /// Bring a CPU online or offline (`/sys/devices/system/cpu/cpuN/online`). CPU 0 is
     /// never taken offline.
     CpuOnline { cpu: u32, online: bool },
-    /// Set limits of a cgroup Persona owns (`persona.slice/<group>` only).
+    /// Bring a hot-added memory block online (`/sys/devices/system/memory/memoryN/state`).
+    /// Taking memory offline is not on the list.
+    MemoryOnline { block: u32 },
+    /// Set limits of a cgroup Persona owns (`<cgroup_parent>/<group>` only).
     CgroupLimit {
         group: String,
         cpu_max_millicores: Option<u64>,
         memory_max_bytes: Option<u64>,
+        #[serde(default)]
+        io: Option<crate::actuate::cgroup::IoMax>,
     },
     /// Install Debian packages by name (no versions, no URLs, no local files).
     InstallPackages { packages: Vec<String> },
@@ -126,10 +138,20 @@ pub fn check(req: &Request) -> Result<(), String> {
                 Ok(())
             }
         }
+        Request::MemoryOnline { block } => {
+            if *block > MAX_MEMORY_BLOCK {
+                Err(format!(
+                    "memory block {block} is outside 0..={MAX_MEMORY_BLOCK}"
+                ))
+            } else {
+                Ok(())
+            }
+        }
         Request::CgroupLimit {
             group,
             cpu_max_millicores,
             memory_max_bytes,
+            io,
         } => {
             if !valid_group(group) {
                 return Err(format!(
@@ -141,6 +163,11 @@ pub fn check(req: &Request) -> Result<(), String> {
             }
             if memory_max_bytes.is_some_and(|m| m < 16 << 20) {
                 return Err("memory_max_bytes below 16 MiB would starve the group".into());
+            }
+            if let Some(io) = io
+                && !crate::actuate::cgroup::valid_device(&io.device)
+            {
+                return Err(format!("io device {:?} is not MAJ:MIN", io.device));
             }
             Ok(())
         }
@@ -156,8 +183,74 @@ pub fn check(req: &Request) -> Result<(), String> {
     }
 }
 
-/// Parses, checks and (one day) performs one request line.
-pub fn handle_line(line: &str) -> Reply {
+/// Checks a request and performs it with the roots and bounds of `cfg`; returns what
+/// was done, for people.
+pub fn perform(req: &Request, cfg: &GuestActuatorConfig) -> Result<String, ActuateError> {
+    check(req).map_err(ActuateError::Refused)?;
+    match req {
+        Request::Ping {} => Ok(concat!("persona-actuator ", env!("CARGO_PKG_VERSION")).into()),
+        Request::CpuOnline { cpu, online } => {
+            let cpus = crate::actuate::cpu::read_cpus(&cfg.sys_root)?;
+            let Some(state) = cpus.iter().find(|c| c.cpu == *cpu) else {
+                return Err(ActuateError::Refused(format!("cpu{cpu} is not present")));
+            };
+            if !state.switchable {
+                return Err(ActuateError::Refused(format!(
+                    "cpu{cpu} cannot go on or offline"
+                )));
+            }
+            let floor = cfg.cpu_floor.max(1);
+            if !online && state.online && crate::actuate::cpu::online_count(&cpus) <= floor {
+                return Err(ActuateError::Refused(format!(
+                    "taking cpu{cpu} offline would leave fewer than {floor} CPUs online"
+                )));
+            }
+            let path = crate::actuate::cpu::online_file(&cfg.sys_root, *cpu);
+            crate::actuate::write_control(&path, if *online { "1" } else { "0" })?;
+            Ok(format!(
+                "cpu{cpu} {}",
+                if *online { "online" } else { "offline" }
+            ))
+        }
+        Request::MemoryOnline { block } => {
+            let path = crate::actuate::memory::state_file(&cfg.sys_root, *block);
+            if !path.exists() {
+                return Err(ActuateError::Refused(format!(
+                    "memory{block} is not present"
+                )));
+            }
+            crate::actuate::write_control(&path, "online")?;
+            Ok(format!("memory{block} online"))
+        }
+        Request::CgroupLimit {
+            group,
+            cpu_max_millicores,
+            memory_max_bytes,
+            io,
+        } => {
+            let limits = crate::actuate::cgroup::Limits {
+                cpu_quota_us: cpu_max_millicores.map(|m| m * cfg.cpu_period_us / 1000),
+                cpu_period_us: cfg.cpu_period_us,
+                memory_bytes: *memory_max_bytes,
+                io: io.clone(),
+            };
+            let done = crate::actuate::cgroup::apply(
+                &cfg.cgroup_root,
+                cfg.cgroup_version,
+                &cfg.cgroup_parent,
+                group,
+                &limits,
+            )?;
+            Ok(done.join(", "))
+        }
+        Request::InstallPackages { .. } => Err(ActuateError::Unsupported(
+            "install_packages is allowed but not performed by this helper".into(),
+        )),
+    }
+}
+
+/// Parses, checks and performs one request line.
+pub fn handle_line(line: &str, cfg: &GuestActuatorConfig) -> Reply {
     let req: Request = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
         Err(e) => return Reply::err("refused", format!("not an allow-listed request: {e}")),
@@ -165,22 +258,41 @@ pub fn handle_line(line: &str) -> Reply {
     if let Err(why) = check(&req) {
         return Reply::err("refused", why);
     }
-    match req {
-        Request::Ping {} => Reply::ok(concat!("persona-actuator ", env!("CARGO_PKG_VERSION"))),
-        other => Reply::err(
-            "not_implemented",
-            format!("{other:?} is allowed but its action arrives with issue 7"),
-        ),
+    match perform(&req, cfg) {
+        Ok(done) => Reply::ok(done),
+        Err(ActuateError::Refused(why)) => Reply::err("refused", why),
+        Err(ActuateError::Unsupported(why)) if matches!(req, Request::InstallPackages { .. }) => {
+            Reply::err("not_implemented", why)
+        }
+        Err(e) => Reply::err("failed", e.to_string()),
     }
 }
 
-fn serve_one(stream: UnixStream) -> std::io::Result<()> {
+/// Sends one request to the helper and reads its reply (5 s deadlines each way).
+pub fn call(socket: &Path, req: &Request) -> Result<Reply, std::io::Error> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = serde_json::to_string(req).map_err(std::io::Error::other)?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes())?;
+    let mut out = String::new();
+    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut out)?;
+    serde_json::from_str(&out).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("bad reply {out:?}: {e}"),
+        )
+    })
+}
+
+fn serve_one(stream: UnixStream, cfg: &GuestActuatorConfig) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
     let reply = if line.ends_with('\n') {
-        handle_line(&line)
+        handle_line(&line, cfg)
     } else {
         Reply::err("bad_request", "one JSON object per line, at most 16 KiB")
     };
@@ -207,11 +319,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, ActuatorError> {
 
 /// Serves requests one at a time, forever (systemd stops it with SIGTERM, which ends the
 /// process: there is no state to save).
-pub fn serve(listener: &UnixListener) {
+pub fn serve(listener: &UnixListener, cfg: &GuestActuatorConfig) {
     for stream in listener.incoming() {
         match stream {
             Ok(s) => {
-                if let Err(e) = serve_one(s) {
+                if let Err(e) = serve_one(s, cfg) {
                     tracing::debug!("actuator connection: {e}");
                 }
             }
@@ -224,48 +336,63 @@ pub fn serve(listener: &UnixListener) {
 mod tests {
     use super::*;
 
+    /// A configuration whose roots are an empty directory: nothing can be written.
+    fn nowhere(dir: &Path) -> GuestActuatorConfig {
+        GuestActuatorConfig {
+            sys_root: dir.join("sys"),
+            cgroup_root: dir.join("cgroup"),
+            helper_socket: None,
+            ..GuestActuatorConfig::default()
+        }
+    }
+
     #[test]
     fn the_allow_list() {
-        assert!(handle_line("{\"op\":\"ping\"}\n").ok);
-        let r = handle_line("{\"op\":\"cpu_online\",\"cpu\":1,\"online\":false}");
-        assert_eq!(r.error.as_deref(), Some("not_implemented"));
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = nowhere(dir.path());
+        assert!(handle_line("{\"op\":\"ping\"}\n", &cfg).ok);
+        // Allowed, but the (empty) sysfs has no such CPU: a failure, not a refusal.
+        let r = handle_line("{\"op\":\"cpu_online\",\"cpu\":1,\"online\":false}", &cfg);
+        assert_eq!(r.error.as_deref(), Some("failed"), "{r:?}");
         for refused in [
             "{\"op\":\"cpu_online\",\"cpu\":0,\"online\":false}",
             "{\"op\":\"cpu_online\",\"cpu\":99999,\"online\":true}",
+            "{\"op\":\"memory_online\",\"block\":4294967295}",
+            "{\"op\":\"memory_offline\",\"block\":1}",
             "{\"op\":\"exec\",\"cmd\":\"rm -rf /\"}",
             "{\"op\":\"ping\",\"extra\":1}",
             "{\"op\":\"cgroup_limit\",\"group\":\"../../etc\"}",
             "{\"op\":\"cgroup_limit\",\"group\":\"web\",\"memory_max_bytes\":1}",
+            "{\"op\":\"cgroup_limit\",\"group\":\"web\",\"io\":{\"device\":\"sda\"}}",
             "{\"op\":\"install_packages\",\"packages\":[\"curl; rm -rf /\"]}",
             "{\"op\":\"install_packages\",\"packages\":[\"http://x/y.deb\"]}",
             "{\"op\":\"install_packages\",\"packages\":[]}",
             "not json",
         ] {
-            let r = handle_line(refused);
+            let r = handle_line(refused, &cfg);
             assert_eq!(r.error.as_deref(), Some("refused"), "{refused}: {r:?}");
         }
-        let r =
-            handle_line("{\"op\":\"install_packages\",\"packages\":[\"python3-torch\",\"g++\"]}");
+        let r = handle_line(
+            "{\"op\":\"install_packages\",\"packages\":[\"python3-torch\",\"g++\"]}",
+            &cfg,
+        );
         assert_eq!(r.error.as_deref(), Some("not_implemented"), "{r:?}");
     }
 
     #[test]
     fn serves_over_a_socket() {
         let dir = tempfile::tempdir().unwrap();
+        let cfg = nowhere(dir.path());
         let path = dir.path().join("a.sock");
         let l = bind(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
         let t = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
-            serve_one(s).unwrap();
+            serve_one(s, &cfg).unwrap();
         });
-        let mut c = UnixStream::connect(&path).unwrap();
-        c.write_all(b"{\"op\":\"ping\"}\n").unwrap();
-        let mut out = String::new();
-        c.read_to_string(&mut out).unwrap();
-        let r: Reply = serde_json::from_str(&out).unwrap();
-        assert!(r.ok, "{out}");
+        let r = call(&path, &Request::Ping {}).unwrap();
+        assert!(r.ok, "{r:?}");
         t.join().unwrap();
     }
 }

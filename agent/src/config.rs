@@ -89,6 +89,16 @@ pub struct AgentConfig {
     pub purpose: Option<PurposeConfig>,
     /// Loopback address of the agent's own `/metrics` endpoint; None = off.
     pub metrics_listen: Option<SocketAddr>,
+    /// The local policy for coordinator commands (see `policy`; missing = deny all).
+    pub policy_file: PathBuf,
+    /// Pressure and anomaly detection, the `[detect]` table.
+    pub detect: crate::detect::DetectConfig,
+    /// The guest resize actuator and its root helper, the `[guest_actuator]` table.
+    pub guest_actuator: crate::actuate::GuestActuatorConfig,
+    /// Length of the behavioural-mirroring window (seconds).
+    pub mirror_window_s: u64,
+    /// How often the mirror model runs on the window (seconds).
+    pub mirror_step_s: u64,
 }
 
 impl Default for AgentConfig {
@@ -106,6 +116,11 @@ impl Default for AgentConfig {
             sys_root: PathBuf::from("/sys"),
             purpose: None,
             metrics_listen: None,
+            policy_file: PathBuf::from("/etc/persona/policy.toml"),
+            detect: crate::detect::DetectConfig::default(),
+            guest_actuator: crate::actuate::GuestActuatorConfig::default(),
+            mirror_window_s: 300,
+            mirror_step_s: crate::mirror::DEFAULT_STEP_S,
         }
     }
 }
@@ -212,6 +227,20 @@ impl AgentConfig {
             return Err((
                 "metrics_listen",
                 format!("{a} is not a loopback address: use 127.0.0.1:PORT or [::1]:PORT"),
+            ));
+        }
+        self.detect.validate()?;
+        self.guest_actuator.validate()?;
+        if !(10..=3600).contains(&self.mirror_window_s) {
+            return Err((
+                "mirror_window_s",
+                format!("{} is outside 10..=3600", self.mirror_window_s),
+            ));
+        }
+        if !crate::mirror::STEP_RANGE_S.contains(&self.mirror_step_s) {
+            return Err((
+                "mirror_step_s",
+                format!("{} is outside 1..=3600", self.mirror_step_s),
             ));
         }
         Ok(())

@@ -15,6 +15,9 @@
 //! into its outbox, which is exactly what it is for) and feeds the watchdog from its
 //! loop, so a wedged sampler gets the unit restarted.
 //!
+//! Each tick also runs the pressure and anomaly detectors (`detect`) on the fresh sample;
+//! an event they raise is queued durably and the link is woken to send it at once.
+//!
 //! This module owns the schedule and the wiring, not the collecting (`collect`), the
 //! storage (`outbox`) or the protocol (`link`).
 
@@ -63,6 +66,12 @@ pub enum DaemonError {
     SamplerDied,
     #[error(transparent)]
     Metrics(#[from] HealthError),
+    #[error(transparent)]
+    Events(#[from] crate::detect::QueueError),
+    #[error("cannot start the command runner: {0}")]
+    Commands(#[from] crate::commands::CommandError),
+    #[error("mirror model: {0}")]
+    Model(#[from] crate::model_store::ModelStoreError),
 }
 
 /// What a run did, for tests and benchmarks.
@@ -101,6 +110,10 @@ pub async fn run_report(
         .unwrap_or_else(|| identity.coordinator.clone());
     let outbox = Outbox::open(&config.state_dir.join(OUTBOX_FILE), config.outbox_max_bytes)?;
     let outbox = Arc::new(Mutex::new(outbox));
+    // Detected events: queued in the outbox database, sent at once by the link.
+    let events = crate::detect::EventHooks::open(&config.state_dir.join(OUTBOX_FILE))?;
+    // The mirror model: the last one pushed (kept in the state dir) or the built-in one.
+    let models = crate::model_store::ModelHandle::open(Some(&config.state_dir))?;
 
     let collector = Collector::new(CollectConfig {
         proc_root: config.proc_root.clone(),
@@ -114,6 +127,22 @@ pub async fn run_report(
         batch_interval_s: config.batch_interval_s,
     };
     let (settings_tx, settings_rx) = watch::channel(settings);
+    // Coordinator commands are verified and run on tasks of their own (long ones on
+    // blocking threads), never on the sampling thread.
+    let (command_hooks, command_task) = crate::commands::start(
+        crate::commands::RunnerConfig {
+            state_dir: config.state_dir.clone(),
+            agent_id: identity.agent_id.clone(),
+            ca_pem: config.state_dir.join(crate::enroll::CA_FILE),
+            policy_file: config.policy_file.clone(),
+            guest_actuator: {
+                let mut g = config.guest_actuator.clone();
+                g.sys_root = config.sys_root.clone();
+                g
+            },
+        },
+        settings_tx.clone(),
+    )?;
     let sealed = Arc::new(Notify::new());
     let health = Arc::new(Health::default());
     // Bound before anything starts, so a taken port is a start-up error, not a log line.
@@ -135,9 +164,16 @@ pub async fn run_report(
             facts: facts_rx,
             settings: settings_tx,
             health: health.clone(),
+            commands: Some(command_hooks),
+            events: Some(events.clone()),
+            models: Some(models.clone()),
         },
     )?;
 
+    let detect = config
+        .detect
+        .enabled
+        .then(|| crate::detect::Runner::new(&config.detect, &facts_tx.borrow(), events));
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let (done_tx, mut done_rx) = oneshot::channel::<SamplerReport>();
     let sampler = Sampler {
@@ -161,6 +197,14 @@ pub async fn run_report(
         facts_read_at: Instant::now(),
         health: health.clone(),
         watchdog: Watchdog::from_env(),
+        detect,
+        mirror: crate::mirror::MirrorRunner::new(
+            persona_shared::window::WindowConfig {
+                window_ms: i64::try_from(config.mirror_window_s * 1000).unwrap_or(300_000),
+            },
+            config.mirror_step_s,
+            models,
+        ),
     };
     let thread = std::thread::Builder::new()
         .name("persona-sampler".into())
@@ -227,6 +271,7 @@ pub async fn run_report(
     if let Some(t) = metrics_task {
         t.abort();
     }
+    command_task.abort();
     let outbox_stats = link::lock(&outbox).stats()?;
     let s = sampler_report.unwrap_or_default();
     let report = DaemonReport {
@@ -283,6 +328,10 @@ struct Sampler {
     facts_read_at: Instant,
     health: Arc<Health>,
     watchdog: Watchdog,
+    /// Pressure and anomaly detection (None when `[detect] enabled = false`).
+    detect: Option<crate::detect::Runner>,
+    /// Behavioural mirroring: window features and the model, run every window step.
+    mirror: crate::mirror::MirrorRunner,
 }
 
 fn wall_ms() -> i64 {
@@ -411,6 +460,14 @@ impl Sampler {
     fn tick(&mut self, sched: &Schedule, tick: i64) {
         let report = self.collector.sample(tick, &mut self.sample);
         self.report.samples += 1;
+        self.mirror.on_sample(&self.sample);
+        if let Some(d) = &mut self.detect {
+            let extra = crate::detect::TickExtra {
+                oom_kills: self.collector.oom_kills(),
+                procs_scanned: report.procs_scanned,
+            };
+            d.tick(&self.sample, extra);
+        }
         if report.facts_changed {
             self.facts_dirty = true;
         }
@@ -418,6 +475,9 @@ impl Sampler {
             self.facts_dirty = false;
             self.facts_read_at = Instant::now();
             let facts = self.collector.host_facts();
+            if let Some(d) = &mut self.detect {
+                d.set_facts(&facts);
+            }
             self.facts_tx.send_if_modified(|cur| {
                 let changed = *cur != facts;
                 if changed {
@@ -452,6 +512,7 @@ impl Sampler {
                 self.outbox_result(r);
             }
         }
+        self.mirror.on_tick_end(tick, sched.interval_ms);
     }
 
     /// Encodes the builder's samples as the open batch into `self.frame` (length prefix
@@ -512,6 +573,7 @@ impl Sampler {
             return;
         }
         if self.encode_open()
+            && self.attach_mirror()
             && let Some(seq) = self.open_seq
         {
             let r = link::lock(&self.outbox).seal(seq, self.frame.get(4..).unwrap_or_default());
@@ -528,6 +590,25 @@ impl Sampler {
         }
         self.builder.clear();
         self.open_seq = None;
+    }
+
+    /// Puts the latest mirror distribution into the batch being sealed (re-encoding its
+    /// frame when it changed). False only if the frame cannot be encoded at all.
+    fn attach_mirror(&mut self) -> bool {
+        let interval = i64::try_from(self.settings.sample_interval_ms).unwrap_or(1000);
+        if !self.mirror.on_seal(&mut self.batch, interval) {
+            return true;
+        }
+        self.frame.clear();
+        if let Err(e) = encode_batch_frame(&self.batch, &mut self.frame, self.max_frame) {
+            tracing::warn!(
+                "batch with the mirror report does not encode ({e}); sending it without"
+            );
+            self.batch.mirror = None;
+            self.frame.clear();
+            return encode_batch_frame(&self.batch, &mut self.frame, self.max_frame).is_ok();
+        }
+        true
     }
 
     /// Logs outbox failures (the first, then one in 60) and carries on: a full disk must

@@ -3,16 +3,23 @@
 //! durable outbox and streams them to the coordinator over QUIC with mutual TLS after
 //! enrolling with a join token. Binaries call into this library.
 
+pub mod actuate;
 pub mod actuator;
 pub mod collect;
+pub mod commands;
 pub mod confdoc;
 pub mod config;
 pub mod daemon;
+pub mod detect;
 pub mod enroll;
 pub mod health;
 pub mod link;
 pub mod logging;
+pub mod mirror;
+pub mod model_store;
 pub mod observe;
 pub mod outbox;
+pub mod policy;
+pub mod preload;
 pub mod systemd;
 pub mod tls;

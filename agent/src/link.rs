@@ -11,6 +11,10 @@
 //! de-duplicates by sequence number). Connections are retried with capped exponential
 //! backoff and full jitter so a fleet does not stampede a restarted coordinator.
 //!
+//! Detected events (`crate::detect`) go on the control stream as soon as the sampling
+//! thread queues them, and every unacknowledged one again on each new connection; an
+//! `EventAck` deletes one from the queue.
+//!
 //! The link never decodes batches and never blocks on disk for long: the outbox calls
 //! are short and the sampling runs on its own thread. Frames from the network are
 //! length-checked before any allocation and never unwrapped.
@@ -329,6 +333,13 @@ pub struct LinkContext {
     pub settings: watch::Sender<Settings>,
     /// Counters for the agent's `/metrics`.
     pub health: Arc<crate::health::Health>,
+    /// The command runner's ends (received commands in, updates out); None = commands off.
+    pub commands: Option<crate::commands::LinkHooks>,
+    /// Detected events to send on the control stream; None = detection off.
+    pub events: Option<crate::detect::EventHooks>,
+    /// The running mirror model: its version goes in Hello, pushes are offered to it and
+    /// its answers go out on the control stream. None = no model updates.
+    pub models: Option<crate::model_store::ModelHandle>,
 }
 
 /// Locks the outbox; a panic elsewhere while it was held leaves SQLite consistent, so a
@@ -533,7 +544,7 @@ impl Link {
             facts,
             purpose: self.cfg.purpose.clone(),
             last_seq,
-            model_version: None,
+            model_version: self.ctx.models.as_ref().map(|m| m.version()),
         });
         write_msg(&mut ctl_send, &hello, max)
             .await
@@ -595,6 +606,9 @@ impl Link {
 
         // Coordinator messages on the control stream (Reject before a close; commands
         // later) are read by a task of their own: a read is not cancellation-safe.
+        let hooks = self.ctx.commands.clone();
+        let event_hooks = self.ctx.events.clone();
+        let models = self.ctx.models.clone();
         let mut control = tokio::spawn(async move {
             loop {
                 match read_frame(&mut ctl_recv, max).await {
@@ -606,6 +620,19 @@ impl Link {
                                 message: r.message,
                             };
                         }
+                        Ok(CoordMsg::EventAck { id }) => {
+                            if let Some(e) = &event_hooks {
+                                e.acked(id);
+                            }
+                        }
+                        Ok(CoordMsg::Model(p)) => match &models {
+                            Some(m) => m.offer(p),
+                            None => tracing::warn!("a model was pushed but updates are off"),
+                        },
+                        Ok(CoordMsg::Command(c)) => match &hooks {
+                            Some(h) => h.received(c),
+                            None => tracing::warn!("a command arrived but commands are off"),
+                        },
                         Ok(other) => {
                             tracing::debug!(kind = kind(&other), "ignoring a control message")
                         }
@@ -640,6 +667,21 @@ impl Link {
         stats_tick.reset();
         let mut facts_alive = true;
         let connected_at = Instant::now();
+        // Events: everything unacknowledged goes out on a new connection, then each new
+        // one as soon as it is queued (ids above `events_sent`).
+        let mut events_sent = 0u64;
+        let mut events_due = true;
+        // Command updates go out on the control stream; the receiver is held for the
+        // session, and whatever was queued while disconnected goes out now.
+        let mut updates = match &self.ctx.commands {
+            Some(h) => Some(h.updates.clone().lock_owned().await),
+            None => None,
+        };
+        // Answers to model pushes, likewise.
+        let mut model_statuses = match &self.ctx.models {
+            Some(m) => Some(m.statuses().lock_owned().await),
+            None => None,
+        };
         loop {
             if drain_until.is_none() && *shutdown.borrow() {
                 drain_until = Some(tokio::time::Instant::now() + DRAIN_TIMEOUT);
@@ -653,6 +695,10 @@ impl Link {
                     self.stats.batch_bytes += body.len() as u64 + 4;
                     inflight.spawn(send_batch(conn.clone(), seq, body, max));
                 }
+            }
+            if events_due {
+                events_due = false;
+                self.send_events(ctl_send, &mut events_sent).await?;
             }
             if drain_until.is_some() && inflight.is_empty() {
                 tracing::debug!("outbox drained");
@@ -676,6 +722,13 @@ impl Link {
                     }
                     Err(_) => facts_alive = false,
                 },
+                () = event_raised(&self.ctx.events) => events_due = true,
+                Some(st) = crate::model_store::next_status(&mut model_statuses) => {
+                    write_msg(ctl_send, &AgentMsg::ModelStatus(st), max).await.map_err(wire("sending a model status"))?;
+                }
+                Some(u) = next_update(&mut updates) => {
+                    write_msg(ctl_send, &AgentMsg::CommandUpdate(u), max).await.map_err(wire("sending a command update"))?;
+                }
                 ended = &mut *control => return Err(ended.unwrap_or_else(|e| LinkError::Task(e.to_string()))),
                 e = conn.closed() => return Err(LinkError::Wire { context: "connection", source: e.into() }),
                 () = until_true(shutdown), if drain_until.is_none() => {
@@ -687,6 +740,32 @@ impl Link {
                     return Ok(SessionEnd::Shutdown);
                 }
                 _ = stats_tick.tick() => self.log_stats("link stats", Some(conn)),
+            }
+        }
+    }
+
+    /// Sends the queued events above `sent` on the control stream (the coordinator answers
+    /// each with `EventAck`, read by the control task).
+    async fn send_events(
+        &mut self,
+        ctl_send: &mut quinn::SendStream,
+        sent: &mut u64,
+    ) -> Result<(), LinkError> {
+        let Some(hooks) = self.ctx.events.clone() else {
+            return Ok(());
+        };
+        let max = self.cfg.max_frame_bytes;
+        loop {
+            let batch = hooks.pending_after(*sent, 64);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for ev in batch {
+                *sent = ev.id;
+                tracing::debug!(id = ev.id, kind = ev.kind.name(), "sending an event");
+                write_msg(ctl_send, &AgentMsg::Event(ev), max)
+                    .await
+                    .map_err(wire("sending an event"))?;
             }
         }
     }
@@ -743,6 +822,28 @@ async fn until_true(rx: &mut watch::Receiver<bool>) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Completes when an event was queued, or never when detection is off.
+async fn event_raised(events: &Option<crate::detect::EventHooks>) {
+    match events {
+        Some(e) => e.raised.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next command update, or never when commands are off.
+async fn next_update(
+    updates: &mut Option<
+        tokio::sync::OwnedMutexGuard<
+            tokio::sync::mpsc::Receiver<persona_shared::command::CommandUpdate>,
+        >,
+    >,
+) -> Option<persona_shared::command::CommandUpdate> {
+    match updates {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

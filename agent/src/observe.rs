@@ -55,6 +55,8 @@ pub enum ObserveError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("mirror model: {0}")]
+    Model(#[from] crate::model_store::ModelStoreError),
 }
 
 /// Runs `observe`. See the module documentation.
@@ -87,6 +89,12 @@ pub fn run(opts: ObserveOptions) -> Result<(), ObserveError> {
         process_every: u32::try_from(process_every).unwrap_or(u32::MAX),
     });
     let mut sample = Sample::default();
+    // Behavioural mirroring with the built-in model over the default window.
+    let mut mirror = crate::mirror::MirrorRunner::new(
+        persona_shared::window::WindowConfig::default(),
+        crate::mirror::DEFAULT_STEP_S,
+        crate::model_store::ModelHandle::open(None)?,
+    );
     let mut stats = [Stat::default(); host::COUNT];
     let mut samples = Vec::new();
     let stdout = io::stdout();
@@ -96,6 +104,8 @@ pub fn run(opts: ObserveOptions) -> Result<(), ObserveError> {
     let start = Instant::now();
     collector.sample(now_ms(), &mut sample);
     let mut facts = collector.host_facts();
+    // Pressure and anomaly detection with the default thresholds (detect::watch).
+    let mut watch = crate::detect::Watch::new(&facts);
     let self_at_start = SelfUsage::read();
     if !opts.json {
         let mut w = stdout.lock();
@@ -109,10 +119,18 @@ pub fn run(opts: ObserveOptions) -> Result<(), ObserveError> {
             std::thread::sleep(wait);
         }
         let report = collector.sample(now_ms(), &mut sample);
+        mirror.on_sample_procs(&sample);
+        mirror.on_sample(&sample);
         if report.facts_changed {
             facts = collector.host_facts();
+            watch.set_facts(&facts);
             tracing::info!("host facts changed");
         }
+        let extra = crate::detect::TickExtra {
+            oom_kills: collector.oom_kills(),
+            procs_scanned: report.procs_scanned,
+        };
+        watch.tick(&sample, extra);
         for (s, v) in stats.iter_mut().zip(sample.host) {
             s.add(v);
         }
@@ -135,9 +153,12 @@ pub fn run(opts: ObserveOptions) -> Result<(), ObserveError> {
         self_at_start,
         wall,
     )?;
+    let mirror_report = mirror.run_now().cloned();
     let mut w = stdout.lock();
     if opts.json {
-        let doc = json!({ "samples": samples, "summary": summary });
+        let mut doc = json!({ "samples": samples, "summary": summary });
+        crate::mirror::annotate(mirror_report.as_ref(), &mut doc);
+        watch.annotate(&mut doc);
         serde_json::to_writer(&mut w, &doc).map_err(|source| ObserveError::Json { source })?;
         writeln!(w).map_err(out_err)?;
     } else {
@@ -150,6 +171,8 @@ pub fn run(opts: ObserveOptions) -> Result<(), ObserveError> {
             wall,
         )
         .map_err(out_err)?;
+        watch.print_status(&mut w).map_err(out_err)?;
+        crate::mirror::print_human(mirror_report.as_ref(), &mut w).map_err(out_err)?;
     }
     w.flush().map_err(out_err)
 }

@@ -126,10 +126,9 @@ async fn handle(req: Request<Incoming>, st: &ApiState, _peer: SocketAddr) -> Res
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
-    let body = match Limited::new(req.into_body(), crate::profile_api::body_limit(&path))
-        .collect()
-        .await
-    {
+    let limit = crate::mirror_train::body_limit(&path)
+        .unwrap_or_else(|| crate::profile_api::body_limit(&path));
+    let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, e),
     };
@@ -140,8 +139,26 @@ async fn handle(req: Request<Incoming>, st: &ApiState, _peer: SocketAddr) -> Res
             .await
             .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
     };
+    // Model training (both models) and the mirror model routes (mirror_train).
+    if let Some(r) = crate::mirror_train::handle_api(st, &method, &parts, &body).await {
+        return r;
+    }
     if let Some(r) = crate::profile_api::handle(st.profiling.as_ref(), &method, &parts, &body).await
     {
+        return r;
+    }
+    if let Some(r) =
+        crate::engine_api::handle(&st.shared, st.profiling.as_ref(), &method, &parts, &body).await
+    {
+        return r;
+    }
+    if let Some(r) = crate::commands::handle_api(st, &method, &parts, &query, &body).await {
+        return r;
+    }
+    if let Some(r) = crate::events::handle(&shared, &method, &parts, &query).await {
+        return r;
+    }
+    if let Some(r) = crate::belief::handle(&shared, &method, &parts, &query).await {
         return r;
     }
     match (&method, parts.as_slice()) {
@@ -203,6 +220,17 @@ async fn handle(req: Request<Incoming>, st: &ApiState, _peer: SocketAddr) -> Res
                     }
                     Ok(None) => v["latest"] = Value::Null,
                     Err(e) => return store_error(e),
+                }
+                if let Err(e) = crate::belief::augment_agent_json(&shared.store, &id, &mut v) {
+                    return store_error(e);
+                }
+                if let Err(e) = crate::model_push::augment_agent_json(
+                    &shared.store,
+                    &shared.models,
+                    &id,
+                    &mut v,
+                ) {
+                    return store_error(e);
                 }
                 reply(StatusCode::OK, &v)
             }))

@@ -1,8 +1,8 @@
 //! The instance catalogue: which VM shapes exist, what each offers and what it costs, and
 //! the picker that finds the cheapest shape meeting a sizing target.
 //!
-//! What it is for: the profiler's recommendation today, and the configuration engine
-//! (issue 6) later, both ask "what is the cheapest shape that holds this?". A default
+//! What it is for: the profiler's recommendation and the configuration engine
+//! (`engine::cost`) both ask "what is the cheapest shape that holds this?". A default
 //! catalogue ships in the binary (`coordinator/catalogue/default.toml`, AWS us-east-1
 //! On-Demand list prices with the date and URL in the file); operators replace it with
 //! `--catalogue FILE`. The file is strict: unknown keys, duplicate names, unknown families

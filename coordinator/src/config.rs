@@ -61,6 +61,11 @@ pub struct CoordConfig {
     pub metrics_require_token: bool,
     /// Instance catalogue for sizing; None = the built-in one.
     pub catalogue: Option<PathBuf>,
+    /// Which resize actuator serves which VM (`[[actuator]]`); VMs without an entry
+    /// use the guest actuator.
+    pub actuator: Vec<crate::actuate::ActuatorBinding>,
+    /// Constants of the configuration engine (`[engine]`).
+    pub engine: crate::engine::EngineConfig,
 }
 
 impl Default for CoordConfig {
@@ -76,6 +81,8 @@ impl Default for CoordConfig {
             max_frame_bytes: 1 << 20,
             metrics_require_token: false,
             catalogue: None,
+            actuator: Vec::new(),
+            engine: crate::engine::EngineConfig::default(),
         }
     }
 }
@@ -187,6 +194,20 @@ impl CoordConfig {
         {
             return Err(bad("advertise", format!("{a:?}"), "HOST:PORT"));
         }
+        if let Err(e) = self.engine.validate() {
+            return Err(bad(
+                "engine",
+                e.to_string(),
+                "the [engine] keys and ranges in docs/operations.md (\"Configuration engine\")",
+            ));
+        }
+        if let Err(e) = crate::actuate::check_bindings(&self.actuator) {
+            return Err(bad(
+                "actuator",
+                e,
+                "per entry one of agent or instance_id and one actuator table (docs/operations.md)",
+            ));
+        }
         Ok(())
     }
 
@@ -204,6 +225,8 @@ impl CoordConfig {
                 retention_ms: i64::from(self.retention_days) * 86_400_000,
                 metrics_require_token: self.metrics_require_token,
                 catalogue: self.catalogue.clone(),
+                engine: self.engine.clone(),
+                actuators: self.actuator.clone(),
                 ..ServerSettings::default()
             },
         }
@@ -282,6 +305,20 @@ pub const COORDINATOR_KEYS: &[KeyDoc] = &[
         allowed: "a readable instance catalogue (TOML)",
         meaning: "Instance catalogue used for sizing recommendations. Unset: the built-in AWS us-east-1 list (coordinator/catalogue/default.toml). Flag: --catalogue.",
     },
+    KeyDoc {
+        key: "actuator",
+        ty: "array of tables",
+        default: Some("[]"),
+        allowed: "`[[actuator]]` entries: `agent = ID` or `instance_id = UUID`, and one of `[actuator.qmp]`, `[actuator.libvirt]`, `[actuator.cloud_hypervisor]`, `[actuator.exec]` or `guest = true`",
+        meaning: "Which resize actuator changes which VM, from outside it (QEMU QMP, libvirt's virsh, Cloud Hypervisor's API, an operator's program). VMs without an entry are resized by their agent (the guest actuator). Each table's keys are in docs/operations.md, \"Resize actuators\". No flag.",
+    },
+    KeyDoc {
+        key: "engine",
+        ty: "table",
+        default: Some("{}"),
+        allowed: "`[engine]` keys: cpu_half_life_s, memory_half_life_s, cpu_percentile, memory_percentile, cpu_margin, memory_margin, memory_peak_window_s, peak_window_s, full_confidence_s, scale_down_after_s, scale_down_min_saving, scale_up_min_increase, min_change_cores, min_change_gib, cooldown_s, pressure_scale_up, forecast_hours, evaluate_every_s",
+        meaning: "Constants of the configuration engine (right-sizing): histogram half-lives, percentiles and margins, hysteresis and cooldown, forecast horizon, how often auto-mode VMs are re-evaluated. Defaults and their justification: docs/EVALUATION.md, \"Trace replay\". No flag.",
+    },
 ];
 
 /// The whole of docs/configuration.md.
@@ -299,6 +336,15 @@ pub fn render_reference() -> String {
         "Agent: /etc/persona/agent.toml",
         "Read by `persona-agent run --config FILE`. `--state-dir` and `--coordinator` override the file.",
         AGENT_KEYS,
+    );
+    out += "\n";
+    out += &render_section(
+        "Agent policy: /etc/persona/policy.toml",
+        "The agent's local policy for coordinator commands (`policy_file` above). It denies by \
+         default: a missing file, an empty file or an omitted key all mean no. Re-read for every \
+         command, so an edit needs no restart. Package, image and path names are also checked \
+         against their grammar, and nothing is run through a shell.",
+        persona_agent::policy::POLICY_KEYS,
     );
     out += "\n";
     out += &render_section(
@@ -342,7 +388,15 @@ mod tests {
             assert_eq!(c, CoordConfig::default(), "documented default of {}", k.key);
         }
         let dbg = format!("{:?}", CoordConfig::default());
-        assert_eq!(dbg.matches(": ").count(), COORDINATOR_KEYS.len(), "{dbg}");
+        // The [engine] table's own fields are one key here.
+        let engine = format!("{:?}", crate::engine::EngineConfig::default())
+            .matches(": ")
+            .count();
+        assert_eq!(
+            dbg.matches(": ").count() - engine,
+            COORDINATOR_KEYS.len(),
+            "{dbg}"
+        );
     }
 
     #[test]

@@ -3,21 +3,36 @@
 //! `start` brings everything up from a data directory and returns the bound addresses,
 //! so the binary, the demo and the tests all run the same code.
 
+pub mod actuate;
 pub mod api;
+pub mod belief;
 pub mod catalogue;
+pub mod commands;
+pub mod commands_cli;
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod engine;
+pub mod engine_api;
+pub mod events;
+pub mod events_cli;
 pub mod health;
+pub mod mirror_train;
+pub mod model_push;
 pub mod persona_db;
 pub mod personas;
 pub mod pki;
+pub mod preload;
 pub mod profile_api;
 pub mod profile_cli;
 pub mod profiling;
 pub mod prom;
 pub mod recommend;
+pub mod recommend_cli;
+pub mod replay;
+pub mod replay_cli;
 pub mod server;
+pub mod signing;
 pub mod specs;
 pub mod store;
 pub mod table;
@@ -153,6 +168,15 @@ pub async fn start(
         dir,
         opts.settings.catalogue.as_deref(),
     )?);
+    shared.beliefs.set_profiler(profiling.clone());
+    // The configuration engine applies recommendations to VMs in initial/auto mode.
+    let t_engine = tokio::spawn(engine_api::auto_loop(
+        shared.clone(),
+        Some(profiling.clone()),
+        shutdown.clone(),
+    ));
+    // Resizes of VMs that a hypervisor actuator serves run here, not in the agent.
+    let t_resize = tokio::spawn(actuate::dispatch::run(shared.clone(), shutdown.clone()));
     let api_state =
         Arc::new(api::ApiState::new(shared.clone(), &token, advertise).with_profiling(profiling));
     let t1 = tokio::spawn(server::run(endpoint, shared.clone(), shutdown.clone()));
@@ -164,6 +188,6 @@ pub async fn start(
         ca_hash: pki.ca_hash(),
         admin_token: token,
         shared,
-        tasks: vec![t1, t2],
+        tasks: vec![t1, t2, t_engine, t_resize],
     })
 }

@@ -233,6 +233,12 @@ impl Pki {
         Ok((cert.pem(), fingerprint(cert.der())))
     }
 
+    /// Signs `msg` with the CA key, for commands (see `signing`): agents already pin this
+    /// CA, so a command needs no other trust anchor.
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, crate::signing::SigningError> {
+        crate::signing::sign_pkcs8(&self.ca_key.serialize_der(), msg)
+    }
+
     /// TLS 1.3 server configuration for QUIC: our chain, ALPN `persona/1`, and client
     /// certificates verified against our CA but optional, because enrolling agents have none.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, PkiError> {

@@ -58,9 +58,11 @@ pub struct ProfileArgs {
 /// `personactl model ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum ModelCmd {
-    /// Train the profiler. Online: on the coordinator, from the shipped corpus plus the
-    /// feedback in its database; the coordinator stores and serves the new model.
-    /// Offline: from the shipped corpus only, written to --out (this is how
+    /// Train the profiler and the mirror model. Online: on the coordinator, the profiler
+    /// from the shipped corpus plus the feedback in its database, the mirror model from
+    /// windows generated from the personas plus the fleet's feedback windows; the
+    /// coordinator stores and serves both and pushes the new mirror model to agents.
+    /// Offline: the profiler from the shipped corpus only, written to --out (this is how
     /// models/assets/profiler.bin is produced).
     Train {
         #[arg(long)]
@@ -71,6 +73,13 @@ pub enum ModelCmd {
         /// Seed of the split, initialisation and shuffling (same seed, same model).
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Train only one of the two models (online only): `profiler` or `mirror`.
+        #[arg(long, value_parser = ["profiler", "mirror"])]
+        only: Option<String>,
+        /// Generated windows per persona for the mirror model (online only; default 600;
+        /// fewer trains faster and worse).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(10..=10000))]
+        mirror_windows: Option<u64>,
     },
 }
 
@@ -429,7 +438,13 @@ pub fn human_profile(v: &Value) -> String {
 
 /// `personactl model ...`
 pub fn model(cmd: ModelCmd, g: &Global) -> Result<(), CtlError> {
-    let ModelCmd::Train { offline, out, seed } = cmd;
+    let ModelCmd::Train {
+        offline,
+        out,
+        seed,
+        only,
+        mirror_windows,
+    } = cmd;
     let doc = if offline {
         let out = out.ok_or_else(|| {
             CtlError::Arg("--offline needs --out FILE (e.g. models/assets/profiler.bin)".into())
@@ -444,7 +459,9 @@ pub fn model(cmd: ModelCmd, g: &Global) -> Result<(), CtlError> {
         client(g)?.call_blocking(
             Method::POST,
             "/v1/model/train",
-            Some(json!({ "seed": seed })),
+            Some(
+                json!({ "seed": seed, "only": only, "mirror_windows_per_persona": mirror_windows }),
+            ),
         )?
     };
     emit(g, &doc, human_train);
@@ -482,5 +499,7 @@ pub fn human_train(v: &Value) -> String {
         }
         s += "\n";
     }
+    // The mirror model trained in the same run (mirror_train).
+    s += &crate::mirror_train::human(&v["mirror"]);
     s
 }

@@ -465,7 +465,11 @@ impl ProfilingService {
         let mut examples = persona_models::corpus::shipped_corpus();
         let corpus_examples = examples.len();
         examples.retain(|e| slugs.contains(&e.slug));
-        let feedback = self.db.feedback()?;
+        let mut feedback = self.db.feedback()?;
+        // Examples the fleet confirmed by observation (belief.rs).
+        feedback.extend(crate::belief::training_feedback(
+            &self.data_dir.join("persona.db"),
+        )?);
         let mut skipped = corpus_examples - examples.len();
         let mut used = 0;
         for f in &feedback {

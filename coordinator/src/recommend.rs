@@ -12,8 +12,12 @@
 //! declared software; suggestions are the recommended extras of those personas that are not
 //! already in the plan.
 //!
-//! What it is not: the classifier (profiler model), spec extraction (`specs`) or the
-//! catalogue search itself (`catalogue`).
+//! The configuration engine (`engine`) starts from the same rule: its prior for a running
+//! VM is [`size`]'s weighted requirement plus [`HEADROOM`] over the VM's combined persona
+//! distribution, which observed usage then replaces as history grows.
+//!
+//! What it is not: the classifier (profiler model), spec extraction (`specs`), the
+//! catalogue search itself (`catalogue`) or the sizing of running VMs (`engine`).
 
 use std::collections::BTreeMap;
 

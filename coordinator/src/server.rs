@@ -55,6 +55,10 @@ pub struct ServerSettings {
     pub metrics_require_token: bool,
     /// Instance catalogue file for sizing (`--catalogue`); `None` = the built-in one.
     pub catalogue: Option<std::path::PathBuf>,
+    /// Constants of the configuration engine (`[engine]` in the config file).
+    pub engine: crate::engine::EngineConfig,
+    /// Outside resize actuators by VM (`[[actuator]]`); empty = every agent resizes itself.
+    pub actuators: Vec<crate::actuate::ActuatorBinding>,
 }
 
 impl Default for ServerSettings {
@@ -68,6 +72,8 @@ impl Default for ServerSettings {
             conn_rate_per_ip: 20.0,
             metrics_require_token: false,
             catalogue: None,
+            engine: crate::engine::EngineConfig::default(),
+            actuators: Vec::new(),
         }
     }
 }
@@ -182,6 +188,12 @@ pub struct Shared {
     live: Mutex<HashMap<i64, Vec<Connection>>>,
     log: LogLimiter,
     limiter: ConnLimiter,
+    /// Wake-ups for command delivery to connected agents (`commands`).
+    pub commands: crate::commands::Hub,
+    /// Persona beliefs per agent (`belief`): the profiler for priors.
+    pub beliefs: crate::belief::Beliefs,
+    /// The current mirror model, pushed to agents that run another (`model_push`).
+    pub models: crate::model_push::ModelHub,
 }
 
 impl std::fmt::Debug for Shared {
@@ -241,7 +253,9 @@ pub fn bind(
     let (ingest_tx, ingest_rx) = mpsc::channel(4096);
     let stats = Arc::new(Stats::default());
     spawn_writer(store.clone(), stats.clone(), ingest_rx);
+    let models = crate::model_push::ModelHub::open(&store);
     let shared = Arc::new(Shared {
+        models,
         store,
         pki,
         limiter: ConnLimiter {
@@ -253,6 +267,8 @@ pub fn bind(
         ingest_tx,
         live: Mutex::new(HashMap::new()),
         log: LogLimiter::new(Duration::from_secs(10)),
+        commands: crate::commands::Hub::default(),
+        beliefs: crate::belief::Beliefs::default(),
     });
     Ok((endpoint, shared))
 }
@@ -315,6 +331,10 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let retention = tokio::spawn(retention_loop(shared.clone(), shutdown.clone()));
+    let expiry = tokio::spawn(crate::commands::expiry_loop(
+        shared.clone(),
+        shutdown.clone(),
+    ));
     let started = Instant::now();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
     loop {
@@ -338,6 +358,7 @@ pub async fn run(
         }
     }
     retention.abort();
+    expiry.abort();
     endpoint.close(VarInt::from_u32(0), b"coordinator shutting down");
     // Let in-flight commits finish and their acks go out.
     let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
@@ -347,7 +368,15 @@ async fn retention_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
     loop {
         let store = shared.store.clone();
         let cutoff = store::now_ms() - shared.settings.retention_ms;
-        match tokio::task::spawn_blocking(move || store.delete_before(cutoff)).await {
+        match tokio::task::spawn_blocking(move || {
+            // Events and belief snapshots age out with the telemetry (events.rs).
+            if let Err(e) = crate::events::delete_before(&store, cutoff) {
+                warn!("retention of events failed: {e}");
+            }
+            store.delete_before(cutoff)
+        })
+        .await
+        {
             Ok(Ok(n)) if n > 0 => info!(batches = n, "retention deleted old telemetry"),
             Ok(Err(e)) => warn!("retention failed: {e}"),
             _ => {}
@@ -626,10 +655,12 @@ async fn handle_stream(
     // may stay quiet for as long as the connection lives (the agent writes on it only
     // when its facts change, and QUIC keep-alives hold the connection).
     let mut is_control = false;
+    // Commands pushed to this agent on its control stream (after Hello).
+    let mut pushes = None;
     loop {
         let next = read_frame(&mut rx, max);
         let read = if is_control {
-            Ok(next.await)
+            Ok(crate::commands::read_or_push(next, &mut tx, &mut pushes, max).await)
         } else {
             tokio::time::timeout(STREAM_TIMEOUT, next).await
         };
@@ -673,10 +704,15 @@ async fn handle_stream(
         };
         match msg {
             AgentMsg::Hello(h) => {
+                let model_version = h.model_version.clone();
                 if on_hello(&mut tx, h, &auth, &shared).await.is_err() {
                     return;
                 }
                 is_control = true;
+                pushes = Some(crate::commands::open_session(&shared, auth.key, &auth.id));
+                // Mirror model pushes ride on the same queue (model_push).
+                pushes =
+                    pushes.map(|p| crate::model_push::session(&shared, &auth.id, model_version, p));
             }
             AgentMsg::Facts(f) => {
                 let store = shared.store.clone();
@@ -693,8 +729,19 @@ async fn handle_stream(
                 let _ = tx.finish();
                 return;
             }
-            AgentMsg::Event(_) | AgentMsg::ModelStatus(_) | AgentMsg::CommandUpdate(_) => {
-                // Handled by the features that own them; until then ignored.
+            AgentMsg::CommandUpdate(u) => {
+                crate::commands::on_update(&shared, auth.key, &auth.id, u).await;
+            }
+            AgentMsg::Event(e) => {
+                if crate::events::on_event(&mut tx, e, &auth, &shared)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            AgentMsg::ModelStatus(s) => {
+                crate::model_push::on_status(&shared, &auth.id, s).await;
             }
             AgentMsg::Enroll(_) => {
                 reject(
@@ -743,6 +790,17 @@ async fn on_hello(
     .map_err(|_| ())?
     .map_err(|_| ())?;
     info!(agent = %auth.id, version = %h.agent_version, last_seq = h.last_seq, "agent hello");
+    // The prior for the declared purpose (belief.rs), off the Welcome's path.
+    {
+        let (store, profiler) = (shared.store.clone(), shared.beliefs.profiler());
+        let (agent, purpose) = (auth.id.clone(), h.purpose.clone());
+        tokio::task::spawn_blocking(move || {
+            let r = crate::belief::set_prior(&store, profiler.as_deref(), &agent, purpose.as_ref());
+            if let Err(e) = r {
+                warn!(%agent, "cannot store the prior: {e}");
+            }
+        });
+    }
     let w = CoordMsg::Welcome(Welcome {
         agent_id: auth.id.clone(),
         sample_interval_ms: shared.settings.sample_interval_ms,
@@ -801,6 +859,7 @@ async fn on_batch(
         }
     }
     let (start_ms, end_ms) = (ts[0], ts[ts.len() - 1]);
+    let mirror = b.mirror.clone();
     let item = IngestItem {
         agent_key: auth.key,
         start_ms,
@@ -816,7 +875,19 @@ async fn on_batch(
         });
     }
     match reply_rx.await {
-        Ok(Ok(duplicate)) => CoordMsg::Ack { seq, duplicate },
+        Ok(Ok(duplicate)) => {
+            // Beliefs (belief.rs) learn from the mirror report after the commit, without
+            // holding up the ack.
+            if let Some(m) = mirror.filter(|_| !duplicate) {
+                let (store, agent) = (shared.store.clone(), auth.id.clone());
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = crate::belief::on_mirror(&store, &agent, &m) {
+                        warn!(%agent, "cannot update the persona beliefs: {e}");
+                    }
+                });
+            }
+            CoordMsg::Ack { seq, duplicate }
+        }
         Ok(Err(e)) => CoordMsg::Reject(Reject {
             code: RejectCode::Internal,
             message: e,

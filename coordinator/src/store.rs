@@ -175,6 +175,21 @@ impl Store {
         }
         let write = open_conn(path)?;
         write.execute_batch(SCHEMA).map_err(sql("schema"))?;
+        // Command channel tables (coordinator/src/commands.rs).
+        write
+            .execute_batch(crate::commands::SCHEMA)
+            .map_err(sql("commands schema"))?;
+        // Agent events and persona beliefs (coordinator/src/events.rs, belief.rs).
+        write
+            .execute_batch(crate::events::SCHEMA)
+            .map_err(sql("events schema"))?;
+        write
+            .execute_batch(crate::belief::SCHEMA)
+            .map_err(sql("belief schema"))?;
+        // Mirror model registry and per-batch process lists (coordinator/src/model_push.rs).
+        write
+            .execute_batch(crate::model_push::SCHEMA)
+            .map_err(sql("model schema"))?;
         let read = open_conn(path)?;
         Ok(Self {
             write: Mutex::new(write),
@@ -182,11 +197,11 @@ impl Store {
         })
     }
 
-    fn w(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+    pub(crate) fn w(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.write.lock().map_err(|_| StoreError::Poisoned)
     }
 
-    fn r(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+    pub(crate) fn r(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.read.lock().map_err(|_| StoreError::Poisoned)
     }
 
@@ -399,6 +414,9 @@ impl Store {
                     ])
                     .map_err(sql("ingest insert"))?;
                 dup.push(n == 0);
+                if n == 1 {
+                    crate::model_push::record_procs(&tx, it.agent_key, seq, it.end_ms, &b.procs)?;
+                }
                 let procs = (n == 1 && !b.procs.is_empty()).then(|| procs_json(&b.procs));
                 upd.execute(params![it.agent_key, seq, now, procs])
                     .map_err(sql("ingest agent"))?;
@@ -423,6 +441,7 @@ impl Store {
                 .map_err(sql("retention"))?;
             total += n;
             if n < 5000 {
+                crate::model_push::delete_procs_before(self, cutoff_ms)?;
                 return Ok(total);
             }
         }

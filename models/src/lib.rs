@@ -2,7 +2,9 @@
 //!
 //! What it is for: the **Usage Profiler** ([`profiler`]): a small burn MLP over hashed text,
 //! software and data-size features that turns a VM request into a probability per persona;
-//! later also the behavioural-mirroring model the agent runs.
+//! and the **mirror** model ([`mirror`]) the agent runs on its window features
+//! ([`persona_shared::window`]) to say which persona the VM behaves like, with its training
+//! data generator ([`mirror_data`]) and training ([`mirror_train`]).
 //!
 //! What it is not: the persona database, sizing or spec extraction (coordinator), nor I/O.
 //!
@@ -18,9 +20,14 @@ pub mod corpus;
 mod error;
 pub mod eval;
 pub mod features;
+pub mod mirror;
+#[cfg(feature = "train")]
+pub mod mirror_data;
+#[cfg(feature = "train")]
+pub mod mirror_train;
 pub mod profiler;
 #[cfg(feature = "train")]
-mod rng;
+pub mod rng;
 #[cfg(feature = "train")]
 mod train;
 
@@ -29,6 +36,7 @@ pub use error::ModelError;
 // The main names at the crate root too, so callers may write either
 // `persona_models::profiler::train` or `persona_models::train`.
 pub use corpus::{Example, shipped_corpus};
+pub use mirror::Mirror;
 pub use profiler::{ProfileInput, Profiler, low_confidence};
 #[cfg(feature = "train")]
 pub use train::{TrainConfig, TrainReport, train, train_with};

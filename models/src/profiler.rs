@@ -139,7 +139,7 @@ impl Mlp {
     }
 
     /// A zero network of the right shape, to load a record into.
-    fn zeros(dims: [usize; 3], device: &Device) -> Self {
+    pub(crate) fn zeros(dims: [usize; 3], device: &Device) -> Self {
         let [d_in, d_hidden, d_out] = dims;
         Self::from_weights(
             dims,

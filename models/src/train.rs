@@ -265,7 +265,7 @@ fn stratified_split(
 }
 
 /// The training loop proper.
-fn fit(
+pub(crate) fn fit(
     x: &[f32],
     y: &[usize],
     d_in: usize,

@@ -16,6 +16,11 @@ pub enum Resource {
 }
 
 impl Resource {
+    /// The inverse of [`Resource::as_str`].
+    pub fn parse(s: &str) -> Option<Resource> {
+        Resource::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     pub const ALL: [Resource; 4] = [
         Resource::Cpu,
         Resource::Memory,
@@ -50,6 +55,16 @@ impl Severity {
             Severity::Critical => "critical",
         }
     }
+
+    /// The inverse of [`Severity::as_str`].
+    pub fn parse(s: &str) -> Option<Severity> {
+        match s {
+            "info" => Some(Severity::Info),
+            "warning" => Some(Severity::Warning),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
 }
 
 /// What happened.
@@ -65,6 +80,27 @@ pub enum EventKind {
     RunawayProcess { comm: String },
     /// Memory in use climbs steadily.
     MemoryLeak,
+}
+
+impl EventKind {
+    /// Stable snake_case name, stored by the coordinator and shown by `personactl events`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Pressure(_) => "pressure",
+            EventKind::PressureCleared(_) => "pressure_cleared",
+            EventKind::RegimeChange => "regime_change",
+            EventKind::RunawayProcess { .. } => "runaway_process",
+            EventKind::MemoryLeak => "memory_leak",
+        }
+    }
+
+    /// The resource a pressure event is about (None for anomalies).
+    pub fn resource(&self) -> Option<Resource> {
+        match self {
+            EventKind::Pressure(r) | EventKind::PressureCleared(r) => Some(*r),
+            _ => None,
+        }
+    }
 }
 
 /// One number behind an event: what was measured, and the line it crossed.

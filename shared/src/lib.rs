@@ -13,3 +13,4 @@ pub mod protocol;
 pub mod resize;
 pub mod sample;
 pub mod varint;
+pub mod window;

@@ -294,6 +294,7 @@ fn debs_hold_binaries_conffiles_units_and_scripts() {
         "./usr/bin/persona-agent",
         "./usr/bin/persona-actuator",
         "./etc/persona/agent.toml",
+        "./etc/persona/policy.toml",
         "./lib/systemd/system/persona-agent.service",
         "./lib/systemd/system/persona-actuator.service",
         "./usr/share/doc/persona-agent/operations.md",
@@ -340,7 +341,12 @@ fn debs_hold_binaries_conffiles_units_and_scripts() {
         .arg(scratch.path()));
     assert!(ok, "{out}");
     let conffiles = std::fs::read_to_string(scratch.path().join("conffiles")).unwrap();
-    assert_eq!(conffiles.trim(), "/etc/persona/agent.toml");
+    let mut conf: Vec<&str> = conffiles.lines().map(str::trim).collect();
+    conf.sort_unstable();
+    assert_eq!(
+        conf,
+        ["/etc/persona/agent.toml", "/etc/persona/policy.toml"]
+    );
     let postinst = std::fs::read_to_string(scratch.path().join("postinst")).unwrap();
     assert!(postinst.contains("install -d -o persona -g persona -m 0700 /var/lib/persona-agent"));
 }
@@ -382,4 +388,10 @@ fn agent_deb_runs_from_a_scratch_root() {
     assert!(ok, "{out}");
     let cfg = std::fs::read_to_string(root.path().join("etc/persona/agent.toml")).unwrap();
     persona_agent::config::AgentConfig::parse(&cfg, Path::new("etc/persona/agent.toml")).unwrap();
+    // The packaged policy parses and denies everything.
+    let pol = std::fs::read_to_string(root.path().join("etc/persona/policy.toml")).unwrap();
+    assert_eq!(
+        persona_agent::policy::Policy::parse(&pol, Path::new("etc/persona/policy.toml")).unwrap(),
+        persona_agent::policy::Policy::deny_all()
+    );
 }

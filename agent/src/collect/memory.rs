@@ -98,9 +98,21 @@ pub(crate) fn parse_vmstat_faults(buf: &[u8]) -> Result<(u64, u64), CollectError
     }
 }
 
+/// The `oom_kill` counter of /proc/vmstat (kernels since 4.13); None when absent.
+pub(crate) fn parse_vmstat_oom(buf: &[u8]) -> Option<u64> {
+    lines(buf).find_map(|line| {
+        let mut f = fields(line);
+        (f.next() == Some(b"oom_kill".as_slice()))
+            .then(|| f.next().and_then(parse_u64))
+            .flatten()
+    })
+}
+
 pub(crate) struct Memory {
     meminfo: PathBuf,
     vmstat: PathBuf,
+    /// OOM kills since boot at the last read, for the pressure detector (not a metric).
+    pub(crate) oom_kills: Option<u64>,
     /// (time, major faults, minor faults) of the previous successful read.
     prev: Option<(u64, u64, u64)>,
 }
@@ -110,6 +122,7 @@ impl Memory {
         Self {
             meminfo: proc_root.join(MEMINFO),
             vmstat: proc_root.join(VMSTAT),
+            oom_kills: None,
             prev: None,
         }
     }
@@ -136,6 +149,7 @@ impl Source for Memory {
             source,
         })?;
         let (all, major) = parse_vmstat_faults(buf)?;
+        self.oom_kills = parse_vmstat_oom(buf);
         // pgfault counts every fault, major ones included.
         let minor = all.saturating_sub(major);
 

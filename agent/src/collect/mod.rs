@@ -299,6 +299,12 @@ impl Collector {
         &self.failures
     }
 
+    /// OOM kills since boot (`oom_kill` in /proc/vmstat) as of the last tick; None on
+    /// kernels without the counter. Read by the pressure detector, not sent as a metric.
+    pub fn oom_kills(&self) -> Option<u64> {
+        self.memory.oom_kills
+    }
+
     /// The configuration this collector runs with.
     pub fn config(&self) -> &CollectConfig {
         &self.cfg

@@ -70,6 +70,10 @@ fn meminfo_and_vmstat_agree_with_procfs() {
         let theirs = procfs::VmStat::from_read(&buf[..]).expect("procfs");
         assert_eq!(Some(all as i64), theirs.0.get("pgfault").copied());
         assert_eq!(Some(major as i64), theirs.0.get("pgmajfault").copied());
+        assert_eq!(
+            memory::parse_vmstat_oom(&buf).map(|v| v as i64),
+            theirs.0.get("oom_kill").copied()
+        );
     }
 }
 

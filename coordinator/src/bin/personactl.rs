@@ -88,6 +88,11 @@ enum Command {
         #[arg(long, default_value = "10m")]
         since: String,
     },
+    /// Events agents raised (pressure, anomalies), newest first.
+    #[command(
+        after_help = "Examples:\n  personactl events --since 1h\n  personactl events --agent a-1f2e3d4c5b6a7980 --since 2d --json | jq '.events[] | select(.severity == \"critical\")'"
+    )]
+    Events(persona_coordinator::events_cli::EventsArgs),
     /// Coordinator status and counters.
     #[command(
         after_help = "Examples:\n  personactl status\n  personactl status --json | jq .rejected"
@@ -106,11 +111,34 @@ enum Command {
         after_help = "Examples:\n  personactl profile --offline --description 'fine-tuning a 7B model with LoRA' --software pytorch --data-gb 80\n  echo 'postgres primary, 2 TB NVMe' | personactl profile --description-file - --json"
     )]
     Profile(persona_coordinator::profile_cli::ProfileArgs),
-    /// The profiler model: `personactl model train [--offline --out FILE] [--seed N]`.
+    /// The profiler and mirror models: `personactl model train [--offline --out FILE] [--seed N] [--only mirror]`.
     Model {
         #[command(subcommand)]
         command: persona_coordinator::profile_cli::ModelCmd,
     },
+    /// Commands sent to agents (resize, preload, config and model updates): list, show, cancel, send.
+    #[command(
+        after_help = "Examples:\n  personactl commands list --agent a-1f2e3d4c5b6a7980\n  personactl commands show c-0123456789abcdef --json\n  personactl commands cancel c-0123456789abcdef"
+    )]
+    Commands {
+        #[command(subcommand)]
+        command: persona_coordinator::commands_cli::CommandsCmd,
+    },
+    /// Send an agent the install plan of its persona (packages, pip, images, files).
+    #[command(
+        after_help = "Examples:\n  personactl preload a-1f2e3d4c5b6a7980 --dry-run\n  personactl preload a-1f2e3d4c5b6a7980 --persona web-server\n  personactl preload a-1f2e3d4c5b6a7980 --file https://data.example.com/x.bin,SHA256,SIZE,/srv/data/x.bin"
+    )]
+    Preload(persona_coordinator::commands_cli::PreloadArgs),
+    /// Replay trace files under sizing policies (local; no coordinator needed).
+    #[command(
+        after_help = "Examples:\n  personactl replay --format bitbrains ../shared/data/traces/bitbrains-gwa-t-12-rnd/rnd --json\n  personactl replay --policy persona,vpa --per-vm rnd/2013-7/1.csv.gz"
+    )]
+    Replay(persona_coordinator::replay_cli::ReplayArgs),
+    /// A VM's recommended size, reasons and cost; per-VM mode, platform and bounds.
+    #[command(
+        after_help = "Examples:\n  personactl recommend a-1f2e3d4c5b6a7980\n  personactl recommend a-1f2e3d4c5b6a7980 --mode auto --min-vcpus 2 --max-memory-gib 64\n  personactl recommend a-1f2e3d4c5b6a7980 --apply --json"
+    )]
+    Recommend(persona_coordinator::recommend_cli::RecommendArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  personactl completions bash > /etc/bash_completion.d/personactl\n  personactl completions zsh > \"${fpath[1]}/_personactl\"\n  personactl completions fish > ~/.config/fish/completions/personactl.fish"
@@ -236,6 +264,13 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         }
         Command::Profile(a) => return persona_coordinator::profile_cli::profile(a, &g),
         Command::Model { command } => return persona_coordinator::profile_cli::model(command, &g),
+        Command::Commands { command } => {
+            return persona_coordinator::commands_cli::commands(command, &g);
+        }
+        Command::Preload(a) => return persona_coordinator::commands_cli::preload(a, &g),
+        Command::Events(a) => return persona_coordinator::events_cli::run(a, &g),
+        Command::Replay(a) => return persona_coordinator::replay_cli::replay(a, &g),
+        Command::Recommend(a) => return persona_coordinator::recommend_cli::recommend(a, &g),
         other => other,
     };
     let client = Client::discover(cli.api, cli.data_dir)?;
@@ -374,6 +409,7 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                             s += &format!("  {k:<34} {x}\n");
                         }
                     }
+                    s += &persona_coordinator::belief::human_lines(v);
                     if let Some(p) = v["top_processes"].as_array() {
                         s += "top processes:\n";
                         for p in p {
@@ -439,7 +475,14 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                 "completions are printed before any request".into(),
             ));
         }
-        Command::Personas { .. } | Command::Profile(_) | Command::Model { .. } => {
+        Command::Personas { .. }
+        | Command::Profile(_)
+        | Command::Model { .. }
+        | Command::Events(_)
+        | Command::Commands { .. }
+        | Command::Preload(_)
+        | Command::Replay(_)
+        | Command::Recommend(_) => {
             return Err(CtlError::Arg("handled before any request".into()));
         }
     };

@@ -1,0 +1,374 @@
+//! The agent's local policy: what coordinator commands this VM lets the agent carry out.
+//! It is a TOML file owned by the VM's administrator (`policy_file` in the agent config,
+//! `/etc/persona/policy.toml` by default), and it denies by default: a missing file, an
+//! empty file, or a key left out all mean "no". Unknown keys are errors, so a typo never
+//! silently opens or closes anything.
+//!
+//! A signed command from the coordinator is necessary but not sufficient: the policy is
+//! the VM owner's word on which actuators and package managers are on, which URL
+//! prefixes, registries and destination directories are allowed, and how large a
+//! download may be. This module only reads and answers questions; the checks of names
+//! against their grammar are in `preload::validate`, and execution in `preload`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::confdoc::KeyDoc;
+
+/// Why a policy file could not be used (the agent then refuses every command).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid policy file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid policy file {path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// `[actions]`: which non-preload actions are on.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Actions {
+    /// Resize in the guest through the `guest` actuator.
+    pub resize: bool,
+    /// Live changes of the sampling settings.
+    pub config_update: bool,
+    /// Accept pushed models announced by a signed command.
+    pub model_update: bool,
+}
+
+/// `[packages]`: system and Python package managers.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Packages {
+    pub apt: bool,
+    pub dnf: bool,
+    /// pip installs only into this virtual environment (its `bin/pip`); unset = pip off.
+    pub pip_venv: Option<PathBuf>,
+}
+
+/// `[images]`: container images.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Images {
+    /// Engines allowed, in order of preference: "docker", "podman".
+    pub engines: Vec<String>,
+    /// Reference prefixes allowed, e.g. "docker.io/library/" (an image is checked in its
+    /// fully qualified form).
+    pub registries: Vec<String>,
+}
+
+/// `[files]`: downloads.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Files {
+    /// URL prefixes allowed, e.g. "https://data.example.com/datasets/".
+    pub url_prefixes: Vec<String>,
+    /// Directories a file may be written into (or below).
+    pub destinations: Vec<PathBuf>,
+    /// Largest single download, in bytes (0 = downloads off).
+    pub max_bytes: u64,
+}
+
+/// The whole policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    pub actions: Actions,
+    pub packages: Packages,
+    pub images: Images,
+    pub files: Files,
+}
+
+/// Every key of the policy file, for docs/configuration.md (see `confdoc`).
+pub const POLICY_KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        key: "actions.resize",
+        ty: "boolean",
+        default: Some("false"),
+        allowed: "true or false",
+        meaning: "Carry out resize commands with the guest actuator (`[guest_actuator]` in agent.toml).",
+    },
+    KeyDoc {
+        key: "actions.config_update",
+        ty: "boolean",
+        default: Some("false"),
+        allowed: "true or false",
+        meaning: "Accept live changes of sample_interval_ms and batch_interval_s (same ranges as agent.toml; a later Welcome may set them again).",
+    },
+    KeyDoc {
+        key: "actions.model_update",
+        ty: "boolean",
+        default: Some("false"),
+        allowed: "true or false",
+        meaning: "Accept signed announcements of a model version and checksum that the coordinator then pushes.",
+    },
+    KeyDoc {
+        key: "packages.apt",
+        ty: "boolean",
+        default: Some("false"),
+        allowed: "true or false",
+        meaning: "Pre-load Debian packages with `apt-get install` (the agent must be able to, i.e. run as root).",
+    },
+    KeyDoc {
+        key: "packages.dnf",
+        ty: "boolean",
+        default: Some("false"),
+        allowed: "true or false",
+        meaning: "Pre-load RPM packages with `dnf install`.",
+    },
+    KeyDoc {
+        key: "packages.pip_venv",
+        ty: "path",
+        default: None,
+        allowed: "an absolute path of an existing virtual environment",
+        meaning: "pip installs only into this venv (its bin/pip). Unset: pip off.",
+    },
+    KeyDoc {
+        key: "images.engines",
+        ty: "array of strings",
+        default: Some("[]"),
+        allowed: "\"docker\", \"podman\"",
+        meaning: "Container engines allowed, in order of preference; the first installed one pulls.",
+    },
+    KeyDoc {
+        key: "images.registries",
+        ty: "array of strings",
+        default: Some("[]"),
+        allowed: "reference prefixes, e.g. \"docker.io/library/\"",
+        meaning: "Images allowed, matched on the fully qualified reference (`redis` is `docker.io/library/redis`).",
+    },
+    KeyDoc {
+        key: "files.url_prefixes",
+        ty: "array of strings",
+        default: Some("[]"),
+        allowed: "http(s)://HOST/ followed by a path prefix",
+        meaning: "Where files and data sets may be downloaded from. Redirects are not followed.",
+    },
+    KeyDoc {
+        key: "files.destinations",
+        ty: "array of paths",
+        default: Some("[]"),
+        allowed: "absolute directories without ..",
+        meaning: "Directories files may be written into or below (checked after resolving symlinks).",
+    },
+    KeyDoc {
+        key: "files.max_bytes",
+        ty: "integer",
+        default: Some("0"),
+        allowed: "0 or more (0 = downloads off)",
+        meaning: "Largest single download.",
+    },
+];
+
+/// Engines the agent knows how to drive.
+pub const ENGINES: [&str; 2] = ["docker", "podman"];
+
+impl Policy {
+    /// Denies everything.
+    pub fn deny_all() -> Policy {
+        Policy::default()
+    }
+
+    /// Reads a policy file; a missing file is the deny-all policy (logged by the caller).
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Policy::deny_all()),
+            Err(source) => Err(PolicyError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses and checks policy text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
+        let p: Policy = toml::from_str(text).map_err(|source| PolicyError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |key, message: String| PolicyError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        for e in &p.images.engines {
+            if !ENGINES.contains(&e.as_str()) {
+                return Err(invalid(
+                    "images.engines",
+                    format!("{e:?} is not one of docker, podman"),
+                ));
+            }
+        }
+        for r in &p.images.registries {
+            if r.is_empty() || r.contains(char::is_whitespace) {
+                return Err(invalid(
+                    "images.registries",
+                    format!("{r:?} is not a registry prefix such as \"docker.io/library/\""),
+                ));
+            }
+        }
+        for u in &p.files.url_prefixes {
+            // A prefix must include the host and end it, or "https://example.com" would
+            // also allow "https://example.com.evil.net/".
+            let ok = ["https://", "http://"].iter().any(|s| {
+                u.strip_prefix(s)
+                    .and_then(|rest| rest.split_once('/'))
+                    .is_some_and(|(host, _)| !host.is_empty())
+            });
+            if !ok {
+                return Err(invalid(
+                    "files.url_prefixes",
+                    format!(
+                        "{u:?} must be http(s)://HOST/ and a path prefix (the host ends with a slash)"
+                    ),
+                ));
+            }
+        }
+        for d in &p.files.destinations {
+            if !d.is_absolute() || d.components().any(|c| c.as_os_str() == "..") {
+                return Err(invalid(
+                    "files.destinations",
+                    format!("{} must be an absolute path without ..", d.display()),
+                ));
+            }
+        }
+        if let Some(v) = &p.packages.pip_venv
+            && !v.is_absolute()
+        {
+            return Err(invalid(
+                "packages.pip_venv",
+                format!("{} must be an absolute path", v.display()),
+            ));
+        }
+        Ok(p)
+    }
+
+    /// Whether `url` starts with an allowed prefix.
+    pub fn url_allowed(&self, url: &str) -> bool {
+        self.files.url_prefixes.iter().any(|p| url.starts_with(p))
+    }
+
+    /// Whether a fully qualified image reference is under an allowed registry prefix.
+    pub fn image_allowed(&self, qualified: &str) -> bool {
+        self.images
+            .registries
+            .iter()
+            .any(|p| qualified.starts_with(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> &'static Path {
+        Path::new("/etc/persona/policy.toml")
+    }
+
+    #[test]
+    fn empty_and_missing_deny_everything() {
+        let e = Policy::parse("", p()).unwrap();
+        assert_eq!(e, Policy::deny_all());
+        assert!(!e.actions.resize && !e.packages.apt && e.packages.pip_venv.is_none());
+        assert!(!e.url_allowed("https://x/y"));
+        let m = Policy::load(Path::new("/nonexistent/policy.toml")).unwrap();
+        assert_eq!(m, Policy::deny_all());
+    }
+
+    #[test]
+    fn the_shipped_policy_denies_everything() {
+        let text = include_str!("../../packaging/policy.toml");
+        assert_eq!(
+            Policy::parse(text, Path::new("packaging/policy.toml")).unwrap(),
+            Policy::deny_all()
+        );
+    }
+
+    /// Every documented default is the real one, and the shipped file mentions every key.
+    #[test]
+    fn documented_keys_and_defaults() {
+        let shipped = include_str!("../../packaging/policy.toml");
+        for k in POLICY_KEYS {
+            let leaf = k.key.rsplit('.').next().unwrap_or(k.key);
+            assert!(
+                shipped.contains(leaf),
+                "packaging/policy.toml lacks {}",
+                k.key
+            );
+            let Some(d) = k.default else { continue };
+            let text = crate::confdoc::toml_setting(k.key, d);
+            assert_eq!(
+                Policy::parse(&text, p()).unwrap(),
+                Policy::deny_all(),
+                "{}",
+                k.key
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_policy_parses() {
+        let text = r#"
+            [actions]
+            resize = true
+            [packages]
+            apt = true
+            pip_venv = "/opt/venv"
+            [images]
+            engines = ["podman"]
+            registries = ["docker.io/library/"]
+            [files]
+            url_prefixes = ["https://data.example.com/sets/"]
+            destinations = ["/srv/data"]
+            max_bytes = 1000
+        "#;
+        let pol = Policy::parse(text, p()).unwrap();
+        assert!(pol.actions.resize && pol.packages.apt && !pol.packages.dnf);
+        assert!(pol.url_allowed("https://data.example.com/sets/a.bin"));
+        assert!(!pol.url_allowed("https://data.example.com.evil.net/sets/a.bin"));
+        assert!(pol.image_allowed("docker.io/library/redis:7"));
+        assert!(!pol.image_allowed("quay.io/x/y"));
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_named() {
+        for (text, needle) in [
+            ("[actions]\nresise = true", "resise"),
+            ("[images]\nengines = [\"lxc\"]", "images.engines"),
+            (
+                "[files]\nurl_prefixes = [\"https://example.com\"]",
+                "files.url_prefixes",
+            ),
+            (
+                "[files]\nurl_prefixes = [\"file:///\"]",
+                "files.url_prefixes",
+            ),
+            ("[files]\ndestinations = [\"data\"]", "files.destinations"),
+            (
+                "[files]\ndestinations = [\"/srv/../etc\"]",
+                "files.destinations",
+            ),
+            ("[packages]\npip_venv = \"venv\"", "packages.pip_venv"),
+        ] {
+            let e = Policy::parse(text, p()).unwrap_err().to_string();
+            assert!(
+                e.contains(needle) && e.contains("policy.toml"),
+                "{text}: {e}"
+            );
+        }
+    }
+}

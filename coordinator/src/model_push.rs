@@ -1,0 +1,434 @@
+//! Mirror model distribution: the registry of trained mirror models, pushing the current
+//! one to agents over QUIC, and what each agent says it runs.
+//!
+//! What it is for: every agent's Hello carries the version of the mirror model it runs;
+//! when that is not the coordinator's current model, the model goes out at once on the
+//! control stream as `CoordMsg::Model`, and again to every connected agent whenever a new
+//! model is trained. Each agent answers with `AgentMsg::ModelStatus` (taken, or refused
+//! and why), which is recorded and shown by `personactl agents show`. The current model
+//! is the newest row of `mirror_models` (written by `personactl model train`), or the one
+//! built into the binary before any training.
+//!
+//! What it is not: training (`mirror_train`), or the control stream itself: pushes ride
+//! on the command channel's per-session queue (`commands::read_or_push`).
+
+use std::sync::Arc;
+
+use persona_models::Mirror;
+use persona_models::mirror::{file_sha256, hex};
+use persona_shared::protocol::{CoordMsg, ModelPush, ModelStatus, WireProc};
+use rusqlite::{OptionalExtension, params};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use crate::store::{Store, StoreError, now_ms};
+
+/// Tables of this module, created with the store.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS mirror_models(
+    version TEXT PRIMARY KEY, sha256 TEXT NOT NULL, bytes BLOB NOT NULL,
+    created_ms INTEGER NOT NULL, report TEXT);
+CREATE TABLE IF NOT EXISTS agent_models(
+    agent_id TEXT PRIMARY KEY, running TEXT, offered TEXT, accepted INTEGER,
+    message TEXT, updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batch_procs(
+    agent INTEGER NOT NULL, seq INTEGER NOT NULL, end_ms INTEGER NOT NULL, procs BLOB NOT NULL,
+    PRIMARY KEY(agent, seq)) WITHOUT ROWID;
+";
+
+/// The model kind agents run.
+pub const KIND: &str = "mirror";
+/// Pushes queued per session before it is dropped.
+const QUEUE: usize = 8;
+
+fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sql { context, source }
+}
+
+/// One model as the coordinator serves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedModel {
+    pub version: String,
+    pub sha256: [u8; 32],
+    pub bytes: Arc<Vec<u8>>,
+    pub created_ms: i64,
+    /// "trained" or "shipped".
+    pub source: &'static str,
+}
+
+impl ServedModel {
+    fn push(&self) -> ModelPush {
+        ModelPush {
+            kind: KIND.to_owned(),
+            version: self.version.clone(),
+            sha256: self.sha256.to_vec(),
+            bytes: self.bytes.as_ref().clone(),
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "version": self.version,
+            "sha256": hex(&self.sha256),
+            "bytes": self.bytes.len(),
+            "created_ms": self.created_ms,
+            "source": self.source,
+        })
+    }
+}
+
+/// The built-in model, as served before any training.
+fn shipped() -> Option<ServedModel> {
+    let bytes = Mirror::shipped_bytes();
+    match Mirror::from_bytes(bytes) {
+        Ok(m) => Some(ServedModel {
+            version: m.version().to_owned(),
+            sha256: file_sha256(bytes),
+            bytes: Arc::new(bytes.to_vec()),
+            created_ms: 0,
+            source: "shipped",
+        }),
+        Err(e) => {
+            tracing::error!("the built-in mirror model does not load: {e}");
+            None
+        }
+    }
+}
+
+/// The newest trained model that still loads, if any.
+fn newest(store: &Store) -> Result<Option<ServedModel>, StoreError> {
+    let c = store.r()?;
+    let mut st = c
+        .prepare("SELECT version, bytes, created_ms FROM mirror_models ORDER BY created_ms DESC, version")
+        .map_err(sql("mirror models"))?;
+    let mut rows = st.query([]).map_err(sql("mirror models"))?;
+    while let Some(r) = rows.next().map_err(sql("mirror models"))? {
+        let version: String = r.get(0).map_err(sql("mirror models"))?;
+        let bytes: Vec<u8> = r.get(1).map_err(sql("mirror models"))?;
+        let created_ms: i64 = r.get(2).map_err(sql("mirror models"))?;
+        match Mirror::from_bytes(&bytes) {
+            Ok(m) if m.version() == version => {
+                return Ok(Some(ServedModel {
+                    version,
+                    sha256: file_sha256(&bytes),
+                    bytes: Arc::new(bytes),
+                    created_ms,
+                    source: "trained",
+                }));
+            }
+            Ok(_) => tracing::warn!(%version, "stored mirror model has another version; skipped"),
+            Err(e) => tracing::warn!(%version, "stored mirror model does not load: {e}"),
+        }
+    }
+    Ok(None)
+}
+
+/// The current model and a way to hear about new ones.
+#[derive(Debug)]
+pub struct ModelHub {
+    tx: watch::Sender<Option<ServedModel>>,
+}
+
+impl Default for ModelHub {
+    fn default() -> Self {
+        Self {
+            tx: watch::channel(shipped()).0,
+        }
+    }
+}
+
+impl ModelHub {
+    /// Starts from the newest trained model in the store, else the shipped one.
+    pub fn open(store: &Store) -> ModelHub {
+        let current = match newest(store) {
+            Ok(Some(m)) => Some(m),
+            Ok(None) => shipped(),
+            Err(e) => {
+                tracing::warn!("cannot read the mirror models: {e}; serving the built-in one");
+                shipped()
+            }
+        };
+        ModelHub {
+            tx: watch::channel(current).0,
+        }
+    }
+
+    pub fn current(&self) -> Option<ServedModel> {
+        self.tx.borrow().clone()
+    }
+
+    /// Makes `m` current; every connected agent gets it.
+    pub fn publish(&self, m: ServedModel) {
+        tracing::info!(version = %m.version, "new mirror model published");
+        self.tx.send_replace(Some(m));
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Option<ServedModel>> {
+        self.tx.subscribe()
+    }
+}
+
+/// Stores a trained model file; returns it as served. Refuses a file that does not load.
+pub fn register(
+    store: &Store,
+    bytes: Vec<u8>,
+    report: &Value,
+) -> Result<ServedModel, RegisterError> {
+    let m = Mirror::from_bytes(&bytes).map_err(RegisterError::Model)?;
+    let served = ServedModel {
+        version: m.version().to_owned(),
+        sha256: file_sha256(&bytes),
+        bytes: Arc::new(bytes),
+        created_ms: now_ms(),
+        source: "trained",
+    };
+    store
+        .w()?
+        .execute(
+            "INSERT INTO mirror_models(version, sha256, bytes, created_ms, report) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(version) DO UPDATE SET created_ms = excluded.created_ms, report = excluded.report",
+            params![
+                served.version,
+                hex(&served.sha256),
+                served.bytes.as_slice(),
+                served.created_ms,
+                report.to_string()
+            ],
+        )
+        .map_err(sql("register mirror model"))?;
+    Ok(served)
+}
+
+/// Why a model could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("the trained mirror model does not load: {0}")]
+    Model(persona_models::ModelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Chains model pushes into an agent's control-stream queue (the command channel's):
+/// the current model at once if the agent runs another version, then every new one.
+/// `inner` is the command session's queue; the returned one carries both.
+pub fn session(
+    shared: &Arc<crate::server::Shared>,
+    agent_id: &str,
+    agent_version: Option<String>,
+    mut inner: mpsc::Receiver<CoordMsg>,
+) -> mpsc::Receiver<CoordMsg> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let mut models = shared.models.subscribe();
+    let agent_id = agent_id.to_owned();
+    let store = shared.store.clone();
+    tokio::spawn(async move {
+        {
+            let (store, id, v) = (store.clone(), agent_id.clone(), agent_version.clone());
+            let r =
+                tokio::task::spawn_blocking(move || record_hello(&store, &id, v.as_deref())).await;
+            if let Ok(Err(e)) = r {
+                tracing::warn!(agent = %agent_id, "cannot record the agent's model: {e}");
+            }
+        }
+        let mut sent = agent_version;
+        let mut inner_open = true;
+        loop {
+            let current = models.borrow_and_update().clone();
+            if let Some(m) = current
+                && sent.as_deref() != Some(m.version.as_str())
+            {
+                tracing::info!(agent = %agent_id, version = %m.version, "pushing the mirror model");
+                if tx.send(CoordMsg::Model(m.push())).await.is_err() {
+                    return;
+                }
+                sent = Some(m.version);
+            }
+            tokio::select! {
+                r = models.changed() => if r.is_err() { return },
+                m = inner.recv(), if inner_open => match m {
+                    Some(m) => if tx.send(m).await.is_err() { return },
+                    None => inner_open = false,
+                },
+                () = tx.closed() => return,
+            }
+        }
+    });
+    rx
+}
+
+/// Records an agent's answer to a push.
+pub fn record_status(store: &Store, agent_id: &str, s: &ModelStatus) -> Result<(), StoreError> {
+    store
+        .w()?
+        .execute(
+            "INSERT INTO agent_models(agent_id, running, offered, accepted, message, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(agent_id) DO UPDATE SET running = excluded.running, offered = excluded.offered,
+               accepted = excluded.accepted, message = excluded.message, updated_ms = excluded.updated_ms",
+            params![agent_id, s.running, s.offered, s.accepted, s.message, now_ms()],
+        )
+        .map_err(sql("record model status"))?;
+    Ok(())
+}
+
+/// Records the version an agent announced in Hello (before any push).
+pub fn record_hello(
+    store: &Store,
+    agent_id: &str,
+    running: Option<&str>,
+) -> Result<(), StoreError> {
+    store
+        .w()?
+        .execute(
+            "INSERT INTO agent_models(agent_id, running, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(agent_id) DO UPDATE SET running = excluded.running, updated_ms = excluded.updated_ms",
+            params![agent_id, running, now_ms()],
+        )
+        .map_err(sql("record model hello"))?;
+    Ok(())
+}
+
+/// Handles `AgentMsg::ModelStatus` (off the stream's task).
+pub async fn on_status(shared: &crate::server::Shared, agent_id: &str, s: ModelStatus) {
+    if s.accepted {
+        tracing::info!(agent = %agent_id, running = %s.running, "agent runs the mirror model");
+    } else {
+        tracing::warn!(agent = %agent_id, offered = %s.offered, running = %s.running,
+            "agent refused the mirror model: {}", s.message.as_deref().unwrap_or("no reason given"));
+    }
+    let (store, id) = (shared.store.clone(), agent_id.to_owned());
+    let r = tokio::task::spawn_blocking(move || record_status(&store, &id, &s)).await;
+    if let Ok(Err(e)) = r {
+        tracing::warn!(agent = %agent_id, "cannot record the model status: {e}");
+    }
+}
+
+/// Adds `mirror_model` (what the agent runs, the last offer and its outcome, and the
+/// coordinator's current model) to an agent's JSON.
+pub fn augment_agent_json(
+    store: &Store,
+    hub: &ModelHub,
+    agent_id: &str,
+    v: &mut Value,
+) -> Result<(), StoreError> {
+    let row = store
+        .r()?
+        .query_row(
+            "SELECT running, offered, accepted, message, updated_ms FROM agent_models WHERE agent_id = ?1",
+            params![agent_id],
+            |r| {
+                Ok(json!({
+                    "running": r.get::<_, Option<String>>(0)?,
+                    "offered": r.get::<_, Option<String>>(1)?,
+                    "accepted": r.get::<_, Option<bool>>(2)?,
+                    "message": r.get::<_, Option<String>>(3)?,
+                    "updated_ms": r.get::<_, i64>(4)?,
+                }))
+            },
+        )
+        .optional()
+        .map_err(sql("agent model"))?;
+    let mut m = row.unwrap_or_else(|| json!({ "running": null }));
+    m["current"] = hub
+        .current()
+        .map_or(Value::Null, |c| Value::from(c.version));
+    v["mirror_model"] = m;
+    Ok(())
+}
+
+/// Keeps a committed batch's process list (the window features need it; the batch rows
+/// keep only the series). Called inside the ingest transaction.
+pub fn record_procs(
+    tx: &rusqlite::Transaction<'_>,
+    agent_key: i64,
+    seq: i64,
+    end_ms: i64,
+    procs: &[WireProc],
+) -> Result<(), StoreError> {
+    if procs.is_empty() {
+        return Ok(());
+    }
+    let blob = rmp_serde::to_vec(procs).map_err(|e| StoreError::Corrupt {
+        agent: agent_key.to_string(),
+        seq: u64::try_from(seq).unwrap_or(0),
+        reason: format!("process list: {e}"),
+    })?;
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO batch_procs(agent, seq, end_ms, procs) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut st| st.execute(params![agent_key, seq, end_ms, blob]))
+    .map_err(sql("batch procs"))?;
+    Ok(())
+}
+
+/// Retention for [`record_procs`]'s rows (called with the batches' retention).
+pub fn delete_procs_before(store: &Store, cutoff_ms: i64) -> Result<usize, StoreError> {
+    store
+        .w()?
+        .execute(
+            "DELETE FROM batch_procs WHERE end_ms < ?1",
+            params![cutoff_ms],
+        )
+        .map_err(sql("batch procs retention"))
+}
+
+/// The process list stored with a batch, if it carried one.
+pub fn batch_procs(store: &Store, agent_key: i64, seq: i64) -> Result<Vec<WireProc>, StoreError> {
+    let blob: Option<Vec<u8>> = store
+        .r()?
+        .query_row(
+            "SELECT procs FROM batch_procs WHERE agent = ?1 AND seq = ?2",
+            params![agent_key, seq],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql("batch procs"))?;
+    match blob {
+        None => Ok(Vec::new()),
+        Some(b) => rmp_serde::from_slice(&b).map_err(|e| StoreError::Corrupt {
+            agent: agent_key.to_string(),
+            seq: u64::try_from(seq).unwrap_or(0),
+            reason: format!("stored process list: {e}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_serves_the_newest_loadable_model_and_refuses_junk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("persona.db")).unwrap();
+        let hub = ModelHub::open(&store);
+        let shipped = hub.current().unwrap();
+        assert_eq!(shipped.source, "shipped");
+        assert!(matches!(
+            register(&store, b"junk".to_vec(), &Value::Null),
+            Err(RegisterError::Model(_))
+        ));
+        let m = register(&store, Mirror::shipped_bytes().to_vec(), &json!({"x": 1})).unwrap();
+        assert_eq!(m.version, shipped.version);
+        let again = ModelHub::open(&store).current().unwrap();
+        assert_eq!(again.source, "trained");
+        assert_eq!(again.sha256, file_sha256(Mirror::shipped_bytes()));
+        record_hello(&store, "a1", Some("mirror-old")).unwrap();
+        record_status(
+            &store,
+            "a1",
+            &ModelStatus {
+                kind: KIND.into(),
+                offered: m.version.clone(),
+                running: "mirror-old".into(),
+                accepted: false,
+                message: Some("bad".into()),
+            },
+        )
+        .unwrap();
+        let mut v = json!({});
+        augment_agent_json(&store, &hub, "a1", &mut v).unwrap();
+        assert_eq!(v["mirror_model"]["accepted"], json!(false));
+        assert_eq!(v["mirror_model"]["running"], json!("mirror-old"));
+    }
+}
