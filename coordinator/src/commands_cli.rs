@@ -6,7 +6,7 @@
 use hyper::Method;
 use serde_json::{Value, json};
 
-use crate::ctl::{Client, CtlError, parse_duration_s};
+use crate::ctl::{CtlError, parse_duration_s};
 use crate::profile_cli::Global;
 use crate::table::{Align, Table};
 
@@ -74,10 +74,6 @@ fn emit(g: &Global, doc: &Value, human: impl FnOnce(&Value) -> String) {
     }
 }
 
-fn client(g: &Global) -> Result<Client, CtlError> {
-    Client::discover(g.api.clone(), g.data_dir.clone())
-}
-
 fn valid_id(id: &str) -> Result<(), CtlError> {
     let ok = !id.is_empty()
         && id.len() <= 64
@@ -87,22 +83,6 @@ fn valid_id(id: &str) -> Result<(), CtlError> {
     } else {
         Err(CtlError::Arg(format!("{id:?} is not an id")))
     }
-}
-
-fn age(ms: Option<i64>) -> String {
-    ms.map_or_else(
-        || "-".into(),
-        |ms| {
-            let s = (crate::store::now_ms() - ms).max(0) / 1000;
-            if s < 120 {
-                format!("{s}s ago")
-            } else if s < 7200 {
-                format!("{}m ago", s / 60)
-            } else {
-                format!("{}h ago", s / 3600)
-            }
-        },
-    )
 }
 
 fn progress(c: &Value) -> String {
@@ -136,7 +116,7 @@ fn list_table(v: &Value) -> String {
             c["kind"].as_str().unwrap_or("").to_owned(),
             c["state"].as_str().unwrap_or("").to_owned(),
             progress(c),
-            age(c["created_ms"].as_i64()),
+            crate::ctl::ago(c["created_ms"].as_i64()),
             result,
         ]);
     }
@@ -160,7 +140,7 @@ fn show_text(c: &Value) -> String {
         ("started", "started_ms"),
         ("finished", "finished_ms"),
     ] {
-        s += &format!("{label:<10} {}\n", age(c[key].as_i64()));
+        s += &format!("{label:<10} {}\n", crate::ctl::ago(c[key].as_i64()));
     }
     let expires = c["expires_ms"].as_i64().unwrap_or(0) - crate::store::now_ms();
     s += &format!(
@@ -189,7 +169,7 @@ fn show_text(c: &Value) -> String {
 
 /// `personactl commands ...`
 pub fn commands(cmd: CommandsCmd, g: &Global) -> Result<(), CtlError> {
-    let c = client(g)?;
+    let c = g.client()?;
     match cmd {
         CommandsCmd::List { agent, limit } => {
             let mut path = format!("/v1/commands?limit={limit}");
@@ -257,7 +237,7 @@ pub fn preload(a: PreloadArgs, g: &Global) -> Result<(), CtlError> {
         .map(|f| parse_file(f))
         .collect::<Result<Vec<_>, _>>()?;
     let ttl_s = parse_duration_s(&a.ttl)?;
-    let v = client(g)?.call_blocking(
+    let v = g.client()?.call_blocking(
         Method::POST,
         "/v1/preload",
         Some(json!({

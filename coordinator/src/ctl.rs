@@ -232,6 +232,24 @@ impl Client {
 }
 
 /// Parses a duration such as `90s`, `10m`, `1h`, `2d` (a bare number is seconds).
+/// How long ago a millisecond timestamp was, for tables: "42s ago", "5m ago", "3h ago",
+/// or "-" for none.
+pub fn ago(ms: Option<i64>) -> String {
+    ms.map_or_else(
+        || "-".into(),
+        |ms| {
+            let s = (crate::store::now_ms() - ms).max(0) / 1000;
+            if s < 120 {
+                format!("{s}s ago")
+            } else if s < 7200 {
+                format!("{}m ago", s / 60)
+            } else {
+                format!("{}h ago", s / 3600)
+            }
+        },
+    )
+}
+
 pub fn parse_duration_s(s: &str) -> Result<i64, CtlError> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {

@@ -6,7 +6,7 @@
 use hyper::Method;
 use serde_json::Value;
 
-use crate::ctl::{Client, CtlError, parse_duration_s};
+use crate::ctl::{CtlError, parse_duration_s};
 use crate::profile_cli::Global;
 use crate::table::{Align, Table};
 
@@ -44,7 +44,7 @@ pub fn run(a: EventsArgs, g: &Global) -> Result<(), CtlError> {
         }
         path.push_str(&format!("&agent={id}"));
     }
-    let client = Client::discover(g.api.clone(), g.data_dir.clone())?;
+    let client = g.client()?;
     let v = client.call_blocking(Method::GET, &path, None)?;
     if g.json {
         println!("{v}");

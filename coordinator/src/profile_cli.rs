@@ -91,6 +91,13 @@ pub struct Global {
     pub json: bool,
 }
 
+impl Global {
+    /// The admin API client these options point at.
+    pub fn client(&self) -> Result<Client, CtlError> {
+        Client::discover(self.api.clone(), self.data_dir.clone())
+    }
+}
+
 fn fail(e: impl std::fmt::Display) -> CtlError {
     CtlError::Profile(e.to_string())
 }
@@ -103,31 +110,13 @@ fn emit(g: &Global, doc: &Value, human: impl FnOnce(&Value) -> String) {
     }
 }
 
-fn client(g: &Global) -> Result<Client, CtlError> {
-    Client::discover(g.api.clone(), g.data_dir.clone())
-}
-
-fn ms_ago(ms: Option<i64>) -> String {
-    ms.map_or_else(
-        || "-".into(),
-        |ms| {
-            let s = (crate::store::now_ms() - ms).max(0) / 1000;
-            if s < 120 {
-                format!("{s}s ago")
-            } else if s < 7200 {
-                format!("{}m ago", s / 60)
-            } else {
-                format!("{}h ago", s / 3600)
-            }
-        },
-    )
-}
-
 /// `personactl personas ...`
 pub fn personas(cmd: PersonasCmd, g: &Global) -> Result<(), CtlError> {
     match cmd {
         PersonasCmd::List => {
-            let v = client(g)?.call_blocking(Method::GET, "/v1/personas", None)?;
+            let v = g
+                .client()?
+                .call_blocking(Method::GET, "/v1/personas", None)?;
             emit(g, &v, |v| {
                 let mut s = format!(
                     "{:<22} {:<10} {:>10}  {}\n",
@@ -138,7 +127,7 @@ pub fn personas(cmd: PersonasCmd, g: &Global) -> Result<(), CtlError> {
                         "{:<22} {:<10} {:>10}  {}\n",
                         p["slug"].as_str().unwrap_or(""),
                         p["source"].as_str().unwrap_or(""),
-                        ms_ago(p["updated_ms"].as_i64()),
+                        crate::ctl::ago(p["updated_ms"].as_i64()),
                         p["name"].as_str().unwrap_or("")
                     );
                 }
@@ -149,11 +138,15 @@ pub fn personas(cmd: PersonasCmd, g: &Global) -> Result<(), CtlError> {
             if !personas::valid_slug(&slug) {
                 return Err(CtlError::Arg(format!("{slug:?} is not a persona slug")));
             }
-            let v = client(g)?.call_blocking(Method::GET, &format!("/v1/personas/{slug}"), None)?;
+            let v =
+                g.client()?
+                    .call_blocking(Method::GET, &format!("/v1/personas/{slug}"), None)?;
             emit(g, &v, show_persona);
         }
         PersonasCmd::Export { out } => {
-            let v = client(g)?.call_blocking(Method::GET, "/v1/personas/export", None)?;
+            let v = g
+                .client()?
+                .call_blocking(Method::GET, "/v1/personas/export", None)?;
             match out {
                 Some(path) => {
                     let text = serde_json::to_string_pretty(&v)?;
@@ -175,7 +168,7 @@ pub fn personas(cmd: PersonasCmd, g: &Global) -> Result<(), CtlError> {
             // trip; the coordinator validates again before its transaction.
             let list = personas::parse_many(&bytes)
                 .map_err(|e| fail(format!("{}: {e}; nothing was imported", file.display())))?;
-            let v = client(g)?.call_blocking(
+            let v = g.client()?.call_blocking(
                 Method::POST,
                 "/v1/personas/import",
                 Some(json!({ "personas": list })),
@@ -210,7 +203,7 @@ fn show_persona(v: &Value) -> String {
         p["slug"].as_str().unwrap_or(""),
         p["description"].as_str().unwrap_or(""),
         v["source"].as_str().unwrap_or(""),
-        ms_ago(v["updated_ms"].as_i64())
+        crate::ctl::ago(v["updated_ms"].as_i64())
     );
     if let Some(r) = p["requirements"].as_object() {
         for (k, x) in r {
@@ -302,7 +295,7 @@ pub fn profile(a: ProfileArgs, g: &Global) -> Result<(), CtlError> {
         let d = profiling::profile_offline(&req, a.catalogue.as_deref()).map_err(fail)?;
         serde_json::to_value(&d)?
     } else {
-        client(g)?.call_blocking(
+        g.client()?.call_blocking(
             Method::POST,
             "/v1/profile",
             Some(serde_json::to_value(&req)?),
@@ -456,7 +449,7 @@ pub fn model(cmd: ModelCmd, g: &Global) -> Result<(), CtlError> {
                 "--out is only for --offline; the coordinator stores its model in its data directory".into(),
             ));
         }
-        client(g)?.call_blocking(
+        g.client()?.call_blocking(
             Method::POST,
             "/v1/model/train",
             Some(

@@ -7,7 +7,7 @@
 use hyper::Method;
 use serde_json::{Map, Value, json};
 
-use crate::ctl::{Client, CtlError};
+use crate::ctl::CtlError;
 use crate::profile_cli::Global;
 
 /// `personactl recommend AGENT ...`
@@ -44,10 +44,6 @@ pub struct RecommendArgs {
     /// Submit the recommended resize now, whatever the mode.
     #[arg(long)]
     pub apply: bool,
-}
-
-fn client(g: &Global) -> Result<Client, CtlError> {
-    Client::discover(g.api.clone(), g.data_dir.clone())
 }
 
 /// Changes settings if asked, then prints the recommendation (or the apply result).
@@ -91,7 +87,7 @@ pub fn recommend(a: RecommendArgs, g: &Global) -> Result<(), CtlError> {
             patch.insert(k.into(), json!(v));
         }
     }
-    let c = client(g)?;
+    let c = g.client()?;
     let base = format!("/v1/recommend/{}", a.agent);
     if !patch.is_empty() {
         c.call_blocking(

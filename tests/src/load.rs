@@ -129,6 +129,38 @@ impl Load {
         })
     }
 
+    /// Grows a resident hog in 64 MiB steps until `/proc/meminfo`'s MemAvailable is at
+    /// or below `target_available` bytes, never past `cap` bytes, and holds it; when
+    /// MemAvailable climbs back over the target it grows again. Used where a fixed-size
+    /// hog cannot be trusted to move MemAvailable by its own size: on a VM whose
+    /// balloon has deflate-on-OOM (Firecracker's, this machine's), the hypervisor can
+    /// deflate the balloon mid-test and hand the guest gigabytes, which a fixed hog
+    /// never makes up for. `bytes` is what is held.
+    pub fn memory_until_available(target_available: u64, cap: usize, max: Duration) -> Load {
+        Load::start("memory", max, 1, move |_, ctl| {
+            const STEP: usize = 64 << 20;
+            const PAGE: usize = 4096;
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            let mut size = 0usize;
+            while ctl.running() {
+                let over = available_bytes().is_some_and(|a| a > target_available);
+                if over && size + STEP <= cap {
+                    let mut chunk = vec![0u8; STEP];
+                    for i in (0..STEP).step_by(PAGE) {
+                        chunk[i] = 1;
+                        ctl.work.fetch_add(1, Ordering::Relaxed);
+                    }
+                    held.push(chunk);
+                    size += STEP;
+                    ctl.bytes.store(size as u64, Ordering::Relaxed);
+                } else {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            std::hint::black_box(&held);
+        })
+    }
+
     /// `threads` writers, each appending `block` bytes to its own file in `dir` and
     /// calling fsync after every write; files are rewritten from the start every 64 MiB
     /// so disk use stays bounded. The files are removed when the load stops.
@@ -265,6 +297,41 @@ impl Drop for Load {
     fn drop(&mut self) {
         self.halt();
     }
+}
+
+/// MemAvailable and MemTotal from `/proc/meminfo`, in bytes.
+pub fn meminfo() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    };
+    Some((get("MemAvailable:")?, get("MemTotal:")?))
+}
+
+fn available_bytes() -> Option<u64> {
+    meminfo().map(|(a, _)| a)
+}
+
+/// The most runnable tasks `/proc/stat` showed over `span`, polled every 100 ms: what
+/// the machine's run queue looks like before a test adds its own load.
+pub fn runnable_max(span: Duration) -> f64 {
+    let end = Instant::now() + span;
+    let mut max = 0.0f64;
+    while Instant::now() < end {
+        if let Some(n) = std::fs::read_to_string("/proc/stat").ok().and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("procs_running "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        }) {
+            max = max.max(n);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    max
 }
 
 #[cfg(test)]

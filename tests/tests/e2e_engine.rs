@@ -40,24 +40,6 @@ fn engine_config() -> String {
     )
 }
 
-/// The most runnable tasks `/proc/stat` showed over `span`, polled every 100 ms.
-fn runnable_max(span: Duration) -> f64 {
-    let end = Instant::now() + span;
-    let mut max = 0.0f64;
-    while Instant::now() < end {
-        let text = std::fs::read_to_string("/proc/stat").unwrap();
-        if let Some(n) = text
-            .lines()
-            .find_map(|l| l.strip_prefix("procs_running "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-        {
-            max = max.max(n);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    max
-}
-
 fn recommend(coord: &Coord, id: &str) -> Value {
     coord.ctl(&["recommend", id])
 }
@@ -89,7 +71,8 @@ fn idle_scales_down_only_after_sustained_evidence_and_pressure_scales_up_within_
     // CPU pressure from the run queue only, with a line the burners cross for sure.
     const BURNERS: usize = 12;
     let vcpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
-    let line = (runnable_max(Duration::from_secs(3)) + BURNERS as f64 / 2.0) / vcpus;
+    let line =
+        (persona_tests::load::runnable_max(Duration::from_secs(3)) + BURNERS as f64 / 2.0) / vcpus;
     let mut text = std::fs::read_to_string(&agent.config).unwrap();
     text.push_str(&format!(
         "\n[detect]\ncpu_busy_pct = 0.0\ncpu_steal_pct = 0.0\ncpu_runqueue_per_vcpu = {line:.3}\n"

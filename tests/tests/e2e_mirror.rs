@@ -110,14 +110,7 @@ fn real_load_moves_the_mirror_distribution() {
     );
     // Half of the memory available now, at most 12 GiB: the persona levels are in GiB,
     // so a small hog on a large machine hardly moves them.
-    let available = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
-        })
-        .map_or(2 << 30, |kb| kb * 1024);
+    let available = persona_tests::load::meminfo().map_or(2 << 30, |(a, _)| a as usize);
     moves_towards(
         "memory hog",
         &[
