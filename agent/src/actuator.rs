@@ -17,8 +17,18 @@
 //! [`perform`], which is also what the guest actuator (`crate::actuate`) calls in-process
 //! when no helper is configured, so both paths run the same checks. The helper takes its
 //! roots, floor and cgroup slice from the agent's own config file (`[guest_actuator]`,
-//! root-owned), never from the request. `install_packages` is allow-listed but answered
-//! `not_implemented`: package installs belong to the pre-load orchestrator. This module
+//! root-owned), never from the request.
+//!
+//! `install_packages` (apt, dnf or pip, for the pre-load orchestrator) is performed only
+//! by the helper ([`HelperConfig`]): it checks every name against the package grammars of
+//! `preload::validate` again, re-reads the root-owned policy file named in the agent's
+//! config for every request (the manager must be on there; pip installs only into the
+//! policy's venv), runs the manager by argument list with no shell and its own deadline
+//! (`--install-timeout-s`, 15 min by default; the child is killed at the deadline), and
+//! answers with the exit code and a bounded tail of the output. The caller chooses
+//! nothing but the names and the manager. Connections are served on their own threads so
+//! a long install does not hold up CPU or cgroup requests; installs run one at a time.
+//! This module
 //! does not decide *whether* to act (the coordinator and the agent's policy do); it only
 //! decides whether a request is allowed and does it.
 
@@ -26,11 +36,15 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::actuate::{ActuateError, GuestActuatorConfig};
+use crate::preload::packages::{self, Manager};
+use crate::preload::validate;
 
 /// Default socket path (systemd's `RuntimeDirectory=persona-actuator`).
 pub const DEFAULT_SOCKET: &str = "/run/persona-actuator/actuator.sock";
@@ -42,6 +56,14 @@ const MAX_CPU: u32 = 8191;
 const MAX_PACKAGES: usize = 64;
 /// Highest memory block number accepted (2^20 blocks of 128 MiB is 128 TiB).
 const MAX_MEMORY_BLOCK: u32 = 1 << 20;
+/// Default deadline of one install in the helper.
+pub const DEFAULT_INSTALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Bytes of an install's output returned in the reply.
+const OUTPUT_TAIL: usize = 4000;
+/// Connections served at once (the rest wait in the listen backlog).
+const MAX_CONNECTIONS: usize = 8;
+/// Deadline of every request but an install, each way.
+const SHORT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Why the actuator could not serve.
 #[derive(Debug, thiserror::Error)]
@@ -78,18 +100,35 @@ pub enum Request {
         #[serde(default)]
         io: Option<crate::actuate::cgroup::IoMax>,
     },
-    /// Install Debian packages by name (no versions, no URLs, no local files).
-    InstallPackages { packages: Vec<String> },
+    /// Install packages by name with a package manager (no URLs, no local files); an
+    /// optional version applies to a single package.
+    InstallPackages {
+        #[serde(default = "default_manager")]
+        manager: Manager,
+        packages: Vec<String>,
+        #[serde(default)]
+        version: Option<String>,
+    },
+}
+
+fn default_manager() -> Manager {
+    Manager::Apt
 }
 
 /// The answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     pub ok: bool,
-    /// `refused`, `not_implemented`, `bad_request`; absent when ok.
+    /// `refused`, `failed`, `busy`, `bad_request`; absent when ok.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub detail: String,
+    /// An install's exit code (absent for other requests, or when killed by a signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The last few KiB of an install's output (stdout then stderr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tail: Option<String>,
 }
 
 impl Reply {
@@ -98,6 +137,8 @@ impl Reply {
             ok: true,
             error: None,
             detail: detail.into(),
+            exit_code: None,
+            output_tail: None,
         }
     }
     fn err(kind: &str, detail: impl Into<String>) -> Self {
@@ -105,6 +146,33 @@ impl Reply {
             ok: false,
             error: Some(kind.to_owned()),
             detail: detail.into(),
+            exit_code: None,
+            output_tail: None,
+        }
+    }
+}
+
+/// What the helper serves with: the guest actuator's roots and bounds, where the policy
+/// is (re-read for every install), the install deadline and, for unusual layouts and
+/// tests, the one directory package managers are taken from. All of it comes from the
+/// helper's command line and the root-owned agent config, never from a request.
+#[derive(Debug, Clone)]
+pub struct HelperConfig {
+    pub guest: GuestActuatorConfig,
+    pub policy_file: PathBuf,
+    pub install_timeout: Duration,
+    /// Replaces the system directories when looking up apt-get and dnf.
+    pub program_dir: Option<PathBuf>,
+}
+
+impl HelperConfig {
+    /// The defaults around `guest`: the default policy path and deadline.
+    pub fn new(guest: GuestActuatorConfig) -> Self {
+        Self {
+            guest,
+            policy_file: PathBuf::from("/etc/persona/policy.toml"),
+            install_timeout: DEFAULT_INSTALL_TIMEOUT,
+            program_dir: None,
         }
     }
 }
@@ -113,16 +181,6 @@ fn valid_group(g: &str) -> bool {
     (1..=64).contains(&g.len())
         && g.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-/// Debian policy package names: lowercase alphanumerics and `+-.`, starting alphanumeric.
-fn valid_package(p: &str) -> bool {
-    let b = p.as_bytes();
-    (2..=128).contains(&b.len())
-        && b.first()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+-.".contains(c))
 }
 
 /// Checks a request's values against the allow-list bounds.
@@ -171,14 +229,33 @@ pub fn check(req: &Request) -> Result<(), String> {
             }
             Ok(())
         }
-        Request::InstallPackages { packages } => {
+        Request::InstallPackages {
+            manager,
+            packages,
+            version,
+        } => {
             if packages.is_empty() || packages.len() > MAX_PACKAGES {
                 return Err(format!("1 to {MAX_PACKAGES} packages per request"));
             }
-            match packages.iter().find(|p| !valid_package(p)) {
-                Some(p) => Err(format!("{p:?} is not a Debian package name")),
-                None => Ok(()),
+            for p in packages {
+                match manager {
+                    Manager::Apt => validate::debian_package(p),
+                    Manager::Dnf => validate::rpm_package(p),
+                    Manager::Pip => validate::python_name(p),
+                }
+                .map_err(|e| e.to_string())?;
             }
+            if let Some(v) = version {
+                if packages.len() != 1 {
+                    return Err("a version applies to exactly one package".into());
+                }
+                match manager {
+                    Manager::Pip => validate::python_version(v),
+                    _ => validate::package_version(v),
+                }
+                .map_err(|e| e.to_string())?;
+            }
+            Ok(())
         }
     }
 }
@@ -244,13 +321,76 @@ pub fn perform(req: &Request, cfg: &GuestActuatorConfig) -> Result<String, Actua
             Ok(done.join(", "))
         }
         Request::InstallPackages { .. } => Err(ActuateError::Unsupported(
-            "install_packages is allowed but not performed by this helper".into(),
+            "install_packages is performed only by the persona-actuator helper".into(),
         )),
     }
 }
 
-/// Parses, checks and performs one request line.
+/// Serialises installs (package managers take their own locks, but two at once would
+/// only wait on each other while holding the deadline).
+static INSTALLS: Mutex<()> = Mutex::new(());
+
+/// Performs a checked `install_packages` request under the policy as it is on disk now.
+fn install(manager: Manager, names: &[String], version: Option<&str>, cfg: &HelperConfig) -> Reply {
+    let policy = match crate::policy::Policy::load(&cfg.policy_file) {
+        Ok(p) => p,
+        Err(e) => return Reply::err("refused", format!("no usable policy: {e}")),
+    };
+    let (on, key) = match manager {
+        Manager::Apt => (policy.packages.apt, "packages.apt"),
+        Manager::Dnf => (policy.packages.dnf, "packages.dnf"),
+        Manager::Pip => (policy.packages.pip_venv.is_some(), "packages.pip_venv"),
+    };
+    if !on {
+        return Reply::err(
+            "refused",
+            format!(
+                "{} is off in the policy ({key} in {})",
+                manager.as_str(),
+                cfg.policy_file.display()
+            ),
+        );
+    }
+    let argv = match packages::install_argv(
+        manager,
+        cfg.program_dir.as_deref(),
+        policy.packages.pip_venv.as_deref(),
+        names,
+        version,
+    ) {
+        Ok(a) => a,
+        Err(e) => return Reply::err("failed", e.to_string()),
+    };
+    let _one = INSTALLS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    tracing::info!(manager = manager.as_str(), packages = %names.join(" "), "installing");
+    let never = AtomicBool::new(false);
+    let what = format!("{} {}", argv.program.display(), argv.args.join(" "));
+    match argv.run_capture(cfg.install_timeout, &never) {
+        Ok(f) => {
+            let output = format!("{}\n{}", f.stdout.trim(), f.stderr.trim());
+            let mut r = if f.success {
+                Reply::ok(format!("installed: {what}"))
+            } else {
+                Reply::err("failed", format!("{what}: {}", f.status))
+            };
+            r.exit_code = f.code;
+            r.output_tail = Some(packages::tail(&output, OUTPUT_TAIL));
+            r
+        }
+        Err(e) => Reply::err("failed", e.to_string()),
+    }
+}
+
+/// Parses, checks and performs one request line with `cfg` and the default helper
+/// settings (see [`handle_helper_line`]).
 pub fn handle_line(line: &str, cfg: &GuestActuatorConfig) -> Reply {
+    handle_helper_line(line, &HelperConfig::new(cfg.clone()))
+}
+
+/// Parses, checks and performs one request line, as the helper does.
+pub fn handle_helper_line(line: &str, cfg: &HelperConfig) -> Reply {
     let req: Request = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
         Err(e) => return Reply::err("refused", format!("not an allow-listed request: {e}")),
@@ -258,41 +398,100 @@ pub fn handle_line(line: &str, cfg: &GuestActuatorConfig) -> Reply {
     if let Err(why) = check(&req) {
         return Reply::err("refused", why);
     }
-    match perform(&req, cfg) {
+    if let Request::InstallPackages {
+        manager,
+        packages,
+        version,
+    } = &req
+    {
+        return install(*manager, packages, version.as_deref(), cfg);
+    }
+    match perform(&req, &cfg.guest) {
         Ok(done) => Reply::ok(done),
         Err(ActuateError::Refused(why)) => Reply::err("refused", why),
-        Err(ActuateError::Unsupported(why)) if matches!(req, Request::InstallPackages { .. }) => {
-            Reply::err("not_implemented", why)
-        }
         Err(e) => Reply::err("failed", e.to_string()),
     }
 }
 
 /// Sends one request to the helper and reads its reply (5 s deadlines each way).
 pub fn call(socket: &Path, req: &Request) -> Result<Reply, std::io::Error> {
-    let stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = serde_json::to_string(req).map_err(std::io::Error::other)?;
-    line.push('\n');
-    (&stream).write_all(line.as_bytes())?;
-    let mut out = String::new();
-    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut out)?;
-    serde_json::from_str(&out).map_err(|e| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("bad reply {out:?}: {e}"),
-        )
+    let never = AtomicBool::new(false);
+    call_until(socket, req, SHORT_DEADLINE, &never).map_err(|e| match e {
+        CallError::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
     })
 }
 
-fn serve_one(stream: UnixStream, cfg: &GuestActuatorConfig) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+/// Why a call to the helper gave no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no reply within {0:?}")]
+    Deadline(Duration),
+    #[error("cancelled while waiting for the helper")]
+    Cancelled,
+    #[error("bad reply {reply:?}: {reason}")]
+    BadReply { reply: String, reason: String },
+}
+
+/// Sends one request and waits up to `deadline` for the reply, checking `cancel` every
+/// second (a cancel stops waiting; the helper finishes or times out what it started).
+pub fn call_until(
+    socket: &Path,
+    req: &Request,
+    deadline: Duration,
+    cancel: &AtomicBool,
+) -> Result<Reply, CallError> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_write_timeout(Some(SHORT_DEADLINE))?;
+    let mut line = serde_json::to_string(req).map_err(std::io::Error::other)?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes())?;
+    stream.set_read_timeout(Some(Duration::from_secs(1).min(deadline)))?;
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match (&stream).read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.contains(&b'\n') || buf.len() as u64 > MAX_REQUEST {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(CallError::Cancelled);
+        }
+        if started.elapsed() > deadline {
+            return Err(CallError::Deadline(deadline));
+        }
+    }
+    let out = String::from_utf8_lossy(&buf);
+    let first = out.lines().next().unwrap_or("");
+    serde_json::from_str(first).map_err(|e| CallError::BadReply {
+        reply: first.chars().take(300).collect(),
+        reason: e.to_string(),
+    })
+}
+
+fn serve_one(stream: UnixStream, cfg: &HelperConfig) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(SHORT_DEADLINE))?;
+    stream.set_write_timeout(Some(SHORT_DEADLINE))?;
     let mut line = String::new();
     BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
     let reply = if line.ends_with('\n') {
-        handle_line(&line, cfg)
+        handle_helper_line(&line, cfg)
     } else {
         Reply::err("bad_request", "one JSON object per line, at most 16 KiB")
     };
@@ -317,15 +516,38 @@ pub fn bind(path: &Path) -> Result<UnixListener, ActuatorError> {
     Ok(listener)
 }
 
-/// Serves requests one at a time, forever (systemd stops it with SIGTERM, which ends the
-/// process: there is no state to save).
+/// Serves requests with the default helper settings around `cfg` (see [`serve_with`]).
 pub fn serve(listener: &UnixListener, cfg: &GuestActuatorConfig) {
+    serve_with(listener, &HelperConfig::new(cfg.clone()));
+}
+
+/// Serves requests forever, each connection on its own thread, at most
+/// [`MAX_CONNECTIONS`] at once (systemd stops it with SIGTERM, which ends the process:
+/// there is no state to save).
+pub fn serve_with(listener: &UnixListener, cfg: &HelperConfig) {
+    let cfg = Arc::new(cfg.clone());
+    let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         match stream {
             Ok(s) => {
-                if let Err(e) = serve_one(s, cfg) {
-                    tracing::debug!("actuator connection: {e}");
+                if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+                    let mut out = serde_json::to_string(&Reply::err(
+                        "busy",
+                        format!("{MAX_CONNECTIONS} requests in progress"),
+                    ))
+                    .unwrap_or_default();
+                    out.push('\n');
+                    let _ = (&s).write_all(out.as_bytes());
+                    continue;
                 }
+                active.fetch_add(1, Ordering::AcqRel);
+                let (cfg, active) = (cfg.clone(), active.clone());
+                std::thread::spawn(move || {
+                    if let Err(e) = serve_one(s, &cfg) {
+                        tracing::debug!("actuator connection: {e}");
+                    }
+                    active.fetch_sub(1, Ordering::AcqRel);
+                });
             }
             Err(e) => tracing::warn!("actuator accept: {e}"),
         }
@@ -372,11 +594,15 @@ mod tests {
             let r = handle_line(refused, &cfg);
             assert_eq!(r.error.as_deref(), Some("refused"), "{refused}: {r:?}");
         }
-        let r = handle_line(
+        // Well-formed installs are decided by the helper's policy: absent here, so off.
+        let mut helper = HelperConfig::new(cfg.clone());
+        helper.policy_file = dir.path().join("no-policy.toml");
+        let r = handle_helper_line(
             "{\"op\":\"install_packages\",\"packages\":[\"python3-torch\",\"g++\"]}",
-            &cfg,
+            &helper,
         );
-        assert_eq!(r.error.as_deref(), Some("not_implemented"), "{r:?}");
+        assert_eq!(r.error.as_deref(), Some("refused"), "{r:?}");
+        assert!(r.detail.contains("packages.apt"), "{r:?}");
     }
 
     #[test]
@@ -389,7 +615,7 @@ mod tests {
         assert_eq!(mode, 0o660);
         let t = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
-            serve_one(s, &cfg).unwrap();
+            serve_one(s, &HelperConfig::new(cfg)).unwrap();
         });
         let r = call(&path, &Request::Ping {}).unwrap();
         assert!(r.ok, "{r:?}");

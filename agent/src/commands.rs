@@ -656,7 +656,10 @@ fn execute(cmd: &Command, ctx: &ExecContext, cancel: &AtomicBool) -> (CommandSta
                     message: None,
                 });
             };
-            match preload::run(plan, &policy, &mut on_progress, cancel) {
+            // Installs go through the root helper when the agent is unprivileged.
+            let installer =
+                preload::packages::Installer::choose(ctx.guest.helper_socket.as_deref());
+            match preload::run_with(plan, &policy, &installer, &mut on_progress, cancel) {
                 Ok(report) => (CommandState::Succeeded, report.summary()),
                 Err(preload::PreloadError::Cancelled { index, step }) => (
                     CommandState::Cancelled,

@@ -5,12 +5,21 @@
 //! (`current.bin`, falling back to `previous.bin`, then to the model built into the
 //! binary), the sampling thread reads the running model through a [`ModelHandle`], and
 //! the link hands every `CoordMsg::Model` to [`ModelHandle::offer`]. A pushed model is
-//! taken only if its SHA-256 matches the push, it loads (kind, format, checksum, weights,
+//! taken only if a signed `ModelUpdate` command granted exactly its (kind, version,
+//! SHA-256) first, its SHA-256 matches the push, it loads (kind, format, checksum, weights,
 //! a probe inference) and its version is the one the push names; then it is written to
 //! disk (the old `current.bin` becomes `previous.bin`) and swapped in atomically: the
 //! sampling thread sees either the old model or the new one, never a mix. Anything else is
 //! refused, the running model stays, and the answer says why. Every offer is answered
 //! with a `ModelStatus` that the link sends on the control stream.
+//!
+//! Why the grant: the push itself is only protected by the TLS session, so a stolen
+//! session could otherwise replace the model. The grant is written by the command runner
+//! (`commands`) into `<state_dir>/commands.db` after it verified the command's CA
+//! signature, agent id and expiry and the local policy allowed `actions.model_update`.
+//! The coordinator sends the bytes only after that command succeeded, so a push that
+//! finds no grant is refused outright (not kept pending): it is either an attack or a
+//! coordinator that skipped the command, and in both cases the running model stays.
 //!
 //! What it is not: inference scheduling (`mirror`) or the protocol (`link`).
 
@@ -50,6 +59,16 @@ pub enum ModelStoreError {
     },
     #[error("the built-in model does not load: {0}")]
     Shipped(persona_models::ModelError),
+    #[error(
+        "model {kind} {version} (SHA-256 {sha256}) is not granted by a signed model_update command"
+    )]
+    NotGranted {
+        kind: String,
+        version: String,
+        sha256: String,
+    },
+    #[error("cannot read the model grants: {0}")]
+    Grants(#[from] crate::commands::CommandError),
 }
 
 /// The running model and where it came from.
@@ -69,6 +88,8 @@ pub struct ModelHandle {
 #[derive(Debug)]
 struct Inner {
     dir: Option<PathBuf>,
+    /// The state dir whose command log holds the grants (None: nothing is ever granted).
+    grants: Option<PathBuf>,
     active: Mutex<Active>,
     /// Serialises offers (two pushes never interleave their file renames).
     offers: Mutex<()>,
@@ -117,6 +138,7 @@ impl ModelHandle {
         Ok(ModelHandle {
             inner: Arc::new(Inner {
                 dir,
+                grants: state_dir.map(Path::to_path_buf),
                 active: Mutex::new(Active {
                     mirror: Arc::new(mirror),
                     source,
@@ -189,6 +211,7 @@ impl ModelHandle {
                 kind: push.kind.clone(),
             });
         }
+        self.check_grant(push)?;
         let actual = file_sha256(&push.bytes);
         if push.sha256.as_slice() != actual.as_slice() {
             return Err(ModelStoreError::Checksum {
@@ -215,6 +238,28 @@ impl ModelHandle {
             source: "pushed",
         };
         Ok(())
+    }
+
+    /// Refuses a push unless a verified command granted exactly its kind, version and
+    /// checksum (the bytes are then checked against that checksum).
+    fn check_grant(&self, push: &ModelPush) -> Result<(), ModelStoreError> {
+        let not_granted = || ModelStoreError::NotGranted {
+            kind: push.kind.clone(),
+            version: push.version.clone(),
+            sha256: hex(&push.sha256),
+        };
+        let Some(state_dir) = &self.inner.grants else {
+            return Err(not_granted());
+        };
+        // No command log yet: no command ever ran, so nothing was granted.
+        if !state_dir.join(crate::commands::COMMANDS_FILE).exists() {
+            return Err(not_granted());
+        }
+        if crate::commands::model_granted_in(state_dir, &push.kind, &push.version, &push.sha256)? {
+            Ok(())
+        } else {
+            Err(not_granted())
+        }
     }
 
     /// Handles a push from the link: installs it on a blocking thread and queues the
@@ -285,6 +330,97 @@ mod tests {
         }
     }
 
+    /// Grants a model the way the command runner does after a verified command.
+    fn grant(state_dir: &Path, p: &ModelPush) {
+        crate::commands::CommandLog::open(&state_dir.join(crate::commands::COMMANDS_FILE))
+            .expect("command log")
+            .grant_model(&p.kind, &p.version, &p.sha256)
+            .expect("grant");
+    }
+
+    /// A real model of another version than the shipped one: the shipped file with its
+    /// training time (`created_ms`, 0 in the shipped build) set to 1 and the envelope's
+    /// checksum recomputed. The weights are the real ones; the version (a hash of the
+    /// payload) differs. Patched in place because the agent has no training code.
+    fn another_model() -> Vec<u8> {
+        fn find(hay: &[u8], needle: &[u8]) -> usize {
+            hay.windows(needle.len())
+                .position(|w| w == needle)
+                .expect("marker in the model file")
+        }
+        let mut b = Mirror::shipped_bytes().to_vec();
+        // Envelope: ... "sha256" bin8(32) ... "payload" bin32(len) payload.
+        let sha_at = find(&b, b"\xa6sha256\xc4\x20") + 9;
+        let pay_key = find(&b, b"\xa7payload\xc6") + 9;
+        let len = u32::from_be_bytes(b[pay_key..pay_key + 4].try_into().expect("len"));
+        let (start, end) = (pay_key + 4, pay_key + 4 + len as usize);
+        let at = start + find(&b[start..end], b"\xaacreated_ms") + 11;
+        assert_eq!(b[at], 0, "the shipped model's created_ms is 0");
+        b[at] = 1;
+        let sum = file_sha256(&b[start..end]);
+        b[sha_at..sha_at + 32].copy_from_slice(&sum);
+        b
+    }
+
+    #[test]
+    fn a_granted_model_is_installed_and_an_ungranted_one_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = ModelHandle::open(Some(dir.path())).expect("open");
+        let shipped = h.version();
+        let bytes = another_model();
+        let p = push_of(&bytes);
+        assert_ne!(p.version, shipped);
+
+        // No command log at all: refused, nothing written.
+        let st = h.install(&p);
+        assert!(!st.accepted, "{st:?}");
+        assert!(
+            st.message
+                .as_deref()
+                .unwrap_or("")
+                .contains("not granted by a signed model_update command"),
+            "{st:?}"
+        );
+        assert_eq!(st.running, shipped);
+        // A grant for another version, and one for the right version with another
+        // checksum: still refused.
+        let mut other = p.clone();
+        other.version = "mirror-0123456789ab".into();
+        grant(dir.path(), &other);
+        let mut wrong_sha = p.clone();
+        wrong_sha.sha256 = vec![7; 32];
+        grant(dir.path(), &wrong_sha);
+        // (INSERT OR REPLACE by (kind, version): the last grant for this version is the
+        // wrong checksum.)
+        let st = h.install(&p);
+        assert!(!st.accepted && st.message.as_deref().unwrap_or("").contains("not granted"));
+        assert_eq!(h.version(), shipped);
+        assert!(!dir.path().join(MODELS_DIR).join(CURRENT).exists());
+        // The bytes of another model under a granted checksum: the checksum check refuses.
+        let mut swapped = wrong_sha.clone();
+        swapped.bytes = Mirror::shipped_bytes().to_vec();
+        let st = h.install(&swapped);
+        assert!(!st.accepted && st.message.as_deref().unwrap_or("").contains("SHA-256"));
+
+        // Granted exactly: installed and persisted.
+        grant(dir.path(), &p);
+        let st = h.install(&p);
+        assert!(st.accepted, "{st:?}");
+        assert_eq!(st.running, p.version);
+        assert_eq!(h.current().source, "pushed");
+        assert_eq!(
+            std::fs::read(dir.path().join(MODELS_DIR).join(CURRENT)).expect("current"),
+            bytes
+        );
+    }
+
+    #[test]
+    fn without_a_state_dir_nothing_is_granted() {
+        let h = ModelHandle::open(None).expect("open");
+        let st = h.install(&push_of(&another_model()));
+        assert!(!st.accepted && st.message.as_deref().unwrap_or("").contains("not granted"));
+    }
+
     #[test]
     fn starts_with_the_shipped_model() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -303,6 +439,7 @@ mod tests {
         let mut p = good.clone();
         p.version = "mirror-000000000000".into();
         p.sha256[0] ^= 1;
+        grant(dir.path(), &p);
         let st = h.install(&p);
         assert!(!st.accepted && st.message.as_deref().unwrap_or("").contains("SHA-256"));
         // Matching checksum over corrupt bytes: the load refuses it.
@@ -311,6 +448,7 @@ mod tests {
         let at = p.bytes.len() - 50;
         p.bytes[at] ^= 0xff;
         p.sha256 = file_sha256(&p.bytes).to_vec();
+        grant(dir.path(), &p);
         let st = h.install(&p);
         assert!(!st.accepted, "{st:?}");
         assert!(
@@ -322,6 +460,7 @@ mod tests {
         // A version that is not the model's.
         let mut p = good.clone();
         p.version = "mirror-ffffffffffff".into();
+        grant(dir.path(), &p);
         let st = h.install(&p);
         assert!(!st.accepted && st.message.as_deref().unwrap_or("").contains("version"));
         // Another kind.

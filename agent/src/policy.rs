@@ -120,7 +120,7 @@ pub const POLICY_KEYS: &[KeyDoc] = &[
         ty: "boolean",
         default: Some("false"),
         allowed: "true or false",
-        meaning: "Pre-load Debian packages with `apt-get install` (the agent must be able to, i.e. run as root).",
+        meaning: "Pre-load Debian packages with `apt-get install` (through persona-actuator when the agent is not root; the helper re-reads this file).",
     },
     KeyDoc {
         key: "packages.dnf",

@@ -2,25 +2,45 @@
 //! one to agents over QUIC, and what each agent says it runs.
 //!
 //! What it is for: every agent's Hello carries the version of the mirror model it runs;
-//! when that is not the coordinator's current model, the model goes out at once on the
-//! control stream as `CoordMsg::Model`, and again to every connected agent whenever a new
-//! model is trained. Each agent answers with `AgentMsg::ModelStatus` (taken, or refused
+//! when that is not the coordinator's current model, the model goes out on the control
+//! stream as `CoordMsg::Model`, and again to every connected agent whenever a new model is
+//! trained. Each agent answers with `AgentMsg::ModelStatus` (taken, or refused
 //! and why), which is recorded and shown by `personactl agents show`. The current model
 //! is the newest row of `mirror_models` (written by `personactl model train`), or the one
 //! built into the binary before any training.
+//!
+//! Every push is authorised first by a signed command. Before any bytes go out, the
+//! session makes sure a `model_update` command for exactly (agent, kind, version,
+//! SHA-256) exists in the command store (so it shows in `personactl commands list`),
+//! and sends the bytes only once that command has succeeded: the agent verified the CA
+//! signature, its id and the expiry, its policy allowed `actions.model_update`, and it
+//! recorded a grant that its model store checks before installing anything. Waiting here
+//! (rather than pushing at once and having the agent hold an early push until the grant
+//! lands) keeps the agent simple and never ships bytes to an agent that will refuse
+//! them; the cost is one command round trip before a push. There is at most one live
+//! command per (agent, version): a succeeded one is reused for every later push of that
+//! version (after a reconnect, a roll-back), a pending one is waited for, and a new one is
+//! made only when there is none or the last one expired or was cancelled (it never ran).
+//! A failed one (the agent's policy refused it) is not retried automatically: the refusal
+//! is recorded as the agent's model status, and a command the operator submits later for
+//! the same model (`POST /v1/commands`) is picked up by the session's slow poll.
 //!
 //! What it is not: training (`mirror_train`), or the control stream itself: pushes ride
 //! on the command channel's per-session queue (`commands::read_or_push`).
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use persona_models::Mirror;
 use persona_models::mirror::{file_sha256, hex};
+use persona_shared::command::{Action, CommandState};
 use persona_shared::protocol::{CoordMsg, ModelPush, ModelStatus, WireProc};
 use rusqlite::{OptionalExtension, params};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
+use crate::commands::CommandError;
 use crate::store::{Store, StoreError, now_ms};
 
 /// Tables of this module, created with the store.
@@ -40,6 +60,15 @@ CREATE TABLE IF NOT EXISTS batch_procs(
 pub const KIND: &str = "mirror";
 /// Pushes queued per session before it is dropped.
 const QUEUE: usize = 8;
+/// How long a `model_update` command lives (an expired one is replaced by a new one).
+const GRANT_TTL: Duration = Duration::from_secs(3600);
+/// How often a session looks at a `model_update` command it waits for.
+const GRANT_POLL: Duration = Duration::from_millis(500);
+/// How often it looks again after the agent refused one (for an operator's new command).
+const REFUSED_POLL: Duration = Duration::from_secs(5);
+/// Serialises the check-then-submit of grants (two sessions of one agent overlap during
+/// a reconnect; they must not both submit a command).
+static GRANTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sql { context, source }
@@ -208,8 +237,90 @@ pub enum RegisterError {
     Store(#[from] StoreError),
 }
 
+/// Where the signed authorisation of a push stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Grant {
+    /// A `model_update` command for this model succeeded on the agent: push the bytes.
+    Granted(String),
+    /// The command (new when `new`) is on its way or running.
+    Waiting { id: String, new: bool },
+    /// The agent refused the command (its policy, or a malformed reference).
+    Refused { id: String, message: String },
+}
+
+/// Finds, or submits, the `model_update` command that authorises pushing `m` to
+/// `agent_id` (see the module documentation for the rules).
+pub fn ensure_grant(store: &Store, agent_id: &str, m: &ServedModel) -> Result<Grant, CommandError> {
+    let _one = GRANTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let action = Action::ModelUpdate {
+        kind: KIND.to_owned(),
+        version: m.version.clone(),
+        sha256: m.sha256.to_vec(),
+    };
+    // The command store keeps each action as this JSON, so equal text is the same model.
+    let action_json = serde_json::to_string(&action)
+        .map_err(|e| CommandError::Invalid(format!("model update action: {e}")))?;
+    let latest: Option<(String, String, Option<String>)> = store
+        .r()?
+        .query_row(
+            "SELECT id, state, message FROM commands
+             WHERE agent_id = ?1 AND kind = 'model_update' AND action = ?2
+             ORDER BY created_ms DESC, rowid DESC LIMIT 1",
+            params![agent_id, action_json],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(|source| CommandError::Sql {
+            context: "model update command",
+            source,
+        })?;
+    let state = latest
+        .as_ref()
+        .map(|(_, s, _)| CommandState::parse(s).unwrap_or(CommandState::Failed));
+    match (latest, state) {
+        (Some((id, ..)), Some(CommandState::Succeeded)) => Ok(Grant::Granted(id)),
+        (
+            Some((id, ..)),
+            Some(CommandState::Pending | CommandState::Delivered | CommandState::Running),
+        ) => Ok(Grant::Waiting { id, new: false }),
+        (Some((id, _, message)), Some(CommandState::Failed)) => Ok(Grant::Refused {
+            id,
+            message: message.unwrap_or_else(|| "failed without a message".into()),
+        }),
+        _ => {
+            let id = crate::commands::submit(store, agent_id, action, GRANT_TTL)?;
+            tracing::info!(agent = %agent_id, version = %m.version, command = %id,
+                "model update command submitted before the push");
+            Ok(Grant::Waiting { id, new: true })
+        }
+    }
+}
+
+/// Records that the agent refused the command for `offered` (the push is never sent).
+pub fn record_refusal(
+    store: &Store,
+    agent_id: &str,
+    offered: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    store
+        .w()?
+        .execute(
+            "INSERT INTO agent_models(agent_id, offered, accepted, message, updated_ms)
+             VALUES (?1, ?2, 0, ?3, ?4)
+             ON CONFLICT(agent_id) DO UPDATE SET offered = excluded.offered, accepted = 0,
+               message = excluded.message, updated_ms = excluded.updated_ms",
+            params![agent_id, offered, message, now_ms()],
+        )
+        .map_err(sql("record model refusal"))?;
+    Ok(())
+}
+
 /// Chains model pushes into an agent's control-stream queue (the command channel's):
-/// the current model at once if the agent runs another version, then every new one.
+/// the current model if the agent runs another version, then every new one, each only
+/// after its `model_update` command succeeded ([`ensure_grant`]).
 /// `inner` is the command session's queue; the returned one carries both.
 pub fn session(
     shared: &Arc<crate::server::Shared>,
@@ -220,10 +331,14 @@ pub fn session(
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut models = shared.models.subscribe();
     let agent_id = agent_id.to_owned();
-    let store = shared.store.clone();
+    let shared = shared.clone();
     tokio::spawn(async move {
         {
-            let (store, id, v) = (store.clone(), agent_id.clone(), agent_version.clone());
+            let (store, id, v) = (
+                shared.store.clone(),
+                agent_id.clone(),
+                agent_version.clone(),
+            );
             let r =
                 tokio::task::spawn_blocking(move || record_hello(&store, &id, v.as_deref())).await;
             if let Ok(Err(e)) = r {
@@ -232,16 +347,62 @@ pub fn session(
         }
         let mut sent = agent_version;
         let mut inner_open = true;
+        // The refused command already recorded (so a refusal is written once).
+        let mut refusal_noted: Option<String> = None;
         loop {
             let current = models.borrow_and_update().clone();
+            let mut poll = None;
             if let Some(m) = current
                 && sent.as_deref() != Some(m.version.as_str())
             {
-                tracing::info!(agent = %agent_id, version = %m.version, "pushing the mirror model");
-                if tx.send(CoordMsg::Model(m.push())).await.is_err() {
-                    return;
+                let (sh, id, mm) = (shared.clone(), agent_id.clone(), m.clone());
+                let grant = tokio::task::spawn_blocking(move || {
+                    let g = ensure_grant(&sh.store, &id, &mm);
+                    if let Ok(Grant::Waiting { new: true, .. }) = &g {
+                        sh.commands.wake_agent(&sh.store, &id);
+                    }
+                    g
+                })
+                .await;
+                match grant {
+                    Ok(Ok(Grant::Granted(cmd))) => {
+                        tracing::info!(agent = %agent_id, version = %m.version, command = %cmd,
+                            "pushing the mirror model");
+                        if tx.send(CoordMsg::Model(m.push())).await.is_err() {
+                            return;
+                        }
+                        sent = Some(m.version);
+                    }
+                    Ok(Ok(Grant::Waiting { .. })) => poll = Some(GRANT_POLL),
+                    Ok(Ok(Grant::Refused { id, message })) => {
+                        if refusal_noted.as_deref() != Some(id.as_str()) {
+                            tracing::warn!(agent = %agent_id, version = %m.version, command = %id,
+                                "the agent refused the model update command; no push: {message}");
+                            let text = format!(
+                                "model_update command {id} failed on the agent, the model was not pushed: {message}"
+                            );
+                            let (store, aid, v) =
+                                (shared.store.clone(), agent_id.clone(), m.version.clone());
+                            let r = tokio::task::spawn_blocking(move || {
+                                record_refusal(&store, &aid, &v, &text)
+                            })
+                            .await;
+                            if let Ok(Err(e)) = r {
+                                tracing::warn!(agent = %agent_id, "cannot record the refusal: {e}");
+                            }
+                            refusal_noted = Some(id);
+                        }
+                        poll = Some(REFUSED_POLL);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(agent = %agent_id, "model update command: {e}");
+                        poll = Some(REFUSED_POLL);
+                    }
+                    Err(e) => {
+                        tracing::warn!(agent = %agent_id, "model update task: {e}");
+                        poll = Some(REFUSED_POLL);
+                    }
                 }
-                sent = Some(m.version);
             }
             tokio::select! {
                 r = models.changed() => if r.is_err() { return },
@@ -249,6 +410,9 @@ pub fn session(
                     Some(m) => if tx.send(m).await.is_err() { return },
                     None => inner_open = false,
                 },
+                () = async {
+                    if let Some(d) = poll { tokio::time::sleep(d).await } else { std::future::pending().await }
+                } => {}
                 () = tx.closed() => return,
             }
         }
@@ -396,6 +560,106 @@ pub fn batch_procs(store: &Store, agent_key: i64, seq: i64) -> Result<Vec<WirePr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use persona_shared::command::CommandUpdate;
+
+    fn update(id: &str, state: CommandState, message: Option<&str>) -> CommandUpdate {
+        CommandUpdate {
+            id: id.into(),
+            state,
+            at_ms: 0,
+            step: None,
+            bytes: None,
+            percent: None,
+            message: message.map(str::to_owned),
+        }
+    }
+
+    /// One command per (agent, model): waited for, reused once it succeeded, replaced
+    /// only when it never ran, and a refusal is reported rather than retried.
+    #[test]
+    fn a_push_waits_for_one_signed_command_per_agent_and_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("p.db")).unwrap();
+        let (token, _) = store.create_token(60_000, 2).unwrap();
+        store.enroll(&token, "a-1", "host", "fp1").unwrap().unwrap();
+        store.enroll(&token, "a-2", "host", "fp2").unwrap().unwrap();
+        let key = store.agent_key("a-1").unwrap().unwrap();
+        let m = ModelHub::open(&store).current().unwrap();
+
+        let Grant::Waiting { id, new: true } = ensure_grant(&store, "a-1", &m).unwrap() else {
+            panic!("a first command is submitted");
+        };
+        assert_eq!(
+            ensure_grant(&store, "a-1", &m).unwrap(),
+            Grant::Waiting {
+                id: id.clone(),
+                new: false
+            }
+        );
+        let row = crate::commands::get(&store, &id).unwrap().unwrap();
+        assert_eq!(row.kind, "model_update");
+        assert_eq!(row.action["ModelUpdate"]["version"], json!(m.version));
+        // Another agent gets its own command.
+        let Grant::Waiting {
+            id: other,
+            new: true,
+        } = ensure_grant(&store, "a-2", &m).unwrap()
+        else {
+            panic!("a-2 needs its own command");
+        };
+        assert_ne!(other, id);
+
+        crate::commands::apply_update(&store, key, &update(&id, CommandState::Succeeded, None))
+            .unwrap();
+        assert_eq!(
+            ensure_grant(&store, "a-1", &m).unwrap(),
+            Grant::Granted(id.clone())
+        );
+        assert_eq!(
+            crate::commands::list(&store, Some("a-1"), 100)
+                .unwrap()
+                .len(),
+            1,
+            "no duplicate command"
+        );
+
+        // A refused command is reported, not retried.
+        let key2 = store.agent_key("a-2").unwrap().unwrap();
+        crate::commands::apply_update(
+            &store,
+            key2,
+            &update(&other, CommandState::Failed, Some("refused: policy")),
+        )
+        .unwrap();
+        assert_eq!(
+            ensure_grant(&store, "a-2", &m).unwrap(),
+            Grant::Refused {
+                id: other.clone(),
+                message: "refused: policy".into()
+            }
+        );
+        // One that expired before it ran is replaced.
+        let mut newer = m.clone();
+        newer.version = "mirror-000000000001".into();
+        let Grant::Waiting { id: third, .. } = ensure_grant(&store, "a-1", &newer).unwrap() else {
+            panic!("a new version needs a new command");
+        };
+        crate::commands::expire_due(&store, now_ms() + 2 * GRANT_TTL.as_millis() as i64).unwrap();
+        let Grant::Waiting {
+            id: fourth,
+            new: true,
+        } = ensure_grant(&store, "a-1", &newer).unwrap()
+        else {
+            panic!("an expired command is replaced");
+        };
+        assert_ne!(third, fourth);
+        record_refusal(&store, "a-2", &m.version, "no").unwrap();
+        let hub = ModelHub::open(&store);
+        let mut v = json!({});
+        augment_agent_json(&store, &hub, "a-2", &mut v).unwrap();
+        assert_eq!(v["mirror_model"]["accepted"], json!(false));
+        assert_eq!(v["mirror_model"]["offered"], json!(m.version));
+    }
 
     #[test]
     fn registry_serves_the_newest_loadable_model_and_refuses_junk() {

@@ -155,6 +155,19 @@ fn train(coord: &Coord, seed: &str) -> String {
     version
 }
 
+/// Points the agent at a policy that allows signed model updates (the default denies
+/// them, and a push is installed only after its signed `model_update` command ran).
+fn allow_model_updates(agent: &Agent) {
+    let policy = agent.state_dir.with_extension("policy.toml");
+    std::fs::write(&policy, "[actions]\nmodel_update = true\n").unwrap();
+    let cfg = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(
+        &agent.config,
+        format!("policy_file = {:?}\n{cfg}", policy.display().to_string()),
+    )
+    .unwrap();
+}
+
 fn log_of(agent: &Agent) -> String {
     std::fs::read_to_string(agent.state_dir.with_extension("agent.log")).unwrap_or_default()
 }
@@ -173,9 +186,11 @@ fn pushed_models_are_used_persisted_and_rolled_back() {
     let first = train(&coord, "7");
     let (token, ca) = coord.token(&[]);
     let mut agent = Agent::enroll(dir.path(), "a1", &coord, &token, &ca);
+    allow_model_updates(&agent);
     agent.start();
 
-    // The agent says Hello with the built-in model, gets the trained one and takes it.
+    // The agent says Hello with the built-in model, gets the trained one and takes it
+    // after the signed model_update command that authorises it succeeded.
     let m = wait_for(
         Duration::from_secs(90),
         "the agent to run the first model",
@@ -186,6 +201,15 @@ fn pushed_models_are_used_persisted_and_rolled_back() {
         },
     );
     assert_eq!(m["current"], Value::from(first.clone()));
+    let grants = coord.ctl(&["commands", "list", "--agent", &agent.id]);
+    let grants: Vec<&Value> = grants["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "model_update")
+        .collect();
+    assert_eq!(grants.len(), 1, "one signed command per model: {grants:?}");
+    assert_eq!(grants[0]["state"], "succeeded", "{grants:?}");
     let current = agent.state_dir.join("models/current.bin");
     assert!(current.exists());
 

@@ -239,10 +239,23 @@ pub fn check_plan(plan: &PreloadPlan, policy: &Policy) -> Result<(), PreloadErro
     check(plan, policy).map(|_| ())
 }
 
-/// Checks, then runs the plan step by step. Blocking: call from a blocking thread.
+/// Checks, then runs the plan step by step, installing packages in this process.
+/// Blocking: call from a blocking thread.
 pub fn run(
     plan: &PreloadPlan,
     policy: &Policy,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &AtomicBool,
+) -> Result<PlanReport, PreloadError> {
+    run_with(plan, policy, &packages::Installer::Direct, progress, cancel)
+}
+
+/// Like [`run`], with package installs done by `installer` (the root helper when the
+/// agent is unprivileged; see `packages::Installer::choose`).
+pub fn run_with(
+    plan: &PreloadPlan,
+    policy: &Policy,
+    installer: &packages::Installer,
     progress: &mut dyn FnMut(Progress),
     cancel: &AtomicBool,
 ) -> Result<PlanReport, PreloadError> {
@@ -284,7 +297,15 @@ pub fn run(
                 if version.is_none() && packages::apt_present(name, cancel) {
                     Outcome::Skipped
                 } else {
-                    packages::apt_install(name, version.as_deref(), cancel).map_err(exec)?;
+                    installer
+                        .install(
+                            packages::Manager::Apt,
+                            None,
+                            name,
+                            version.as_deref(),
+                            cancel,
+                        )
+                        .map_err(exec)?;
                     Outcome::Installed
                 }
             }
@@ -296,7 +317,15 @@ pub fn run(
                 if version.is_none() && packages::dnf_present(name, cancel) {
                     Outcome::Skipped
                 } else {
-                    packages::dnf_install(name, version.as_deref(), cancel).map_err(exec)?;
+                    installer
+                        .install(
+                            packages::Manager::Dnf,
+                            None,
+                            name,
+                            version.as_deref(),
+                            cancel,
+                        )
+                        .map_err(exec)?;
                     Outcome::Installed
                 }
             }
@@ -304,7 +333,15 @@ pub fn run(
                 if version.is_none() && packages::pip_present(pip, name, cancel) {
                     Outcome::Skipped
                 } else {
-                    packages::pip_install(pip, name, version.as_deref(), cancel).map_err(exec)?;
+                    installer
+                        .install(
+                            packages::Manager::Pip,
+                            Some(pip),
+                            name,
+                            version.as_deref(),
+                            cancel,
+                        )
+                        .map_err(exec)?;
                     Outcome::Installed
                 }
             }

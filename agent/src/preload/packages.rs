@@ -7,6 +7,14 @@
 //! against their grammar (`validate`) before they get here, so a name can be neither a
 //! shell command nor an option. What is already installed is detected first and
 //! reported as present, which makes a repeated plan cheap and idempotent.
+//!
+//! Installs need root. An agent that is not root (the packaged setup: user `persona`,
+//! `ProtectSystem=strict`) asks the root helper `persona-actuator` over its socket
+//! (`guest_actuator.helper_socket`) with an `install_packages` request; the helper checks
+//! the names and its own copy of the policy again and runs the same argument lists
+//! ([`install_argv`]) with its own deadline. An agent running as root uses the helper when
+//! its socket exists and otherwise runs the manager itself ([`Installer`]). Presence
+//! queries need no privilege and always run here.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -44,10 +52,28 @@ pub enum ExecError {
     Timeout { program: PathBuf, secs: u64 },
     #[error("cancelled")]
     Cancelled,
+    #[error("the root helper at {socket} did not install: {detail}")]
+    Helper { socket: PathBuf, detail: String },
 }
 
 /// Finds a system program by name in [`SYSTEM_DIRS`].
 pub fn find_program(name: &str) -> Result<PathBuf, ExecError> {
+    find_program_in(None, name)
+}
+
+/// Finds a program in `dir` when given (the helper's `--package-program-dir`, set by
+/// whoever starts the helper as root), else in [`SYSTEM_DIRS`].
+pub fn find_program_in(dir: Option<&Path>, name: &str) -> Result<PathBuf, ExecError> {
+    if let Some(d) = dir {
+        let p = d.join(name);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(ExecError::NotFound {
+                program: p.display().to_string(),
+            })
+        };
+    }
     SYSTEM_DIRS
         .iter()
         .map(|d| Path::new(d).join(name))
@@ -66,6 +92,49 @@ pub fn run(
     timeout: Duration,
     cancel: &AtomicBool,
 ) -> Result<String, ExecError> {
+    let f = run_capture(program, args, env, timeout, cancel)?;
+    if f.success {
+        Ok(f.stdout)
+    } else {
+        Err(ExecError::Failed {
+            program: program.to_owned(),
+            args: args.join(" "),
+            status: f.status,
+            stderr: tail(&f.stderr, STDERR_TAIL),
+        })
+    }
+}
+
+/// The last `max` bytes of `s` (trimmed, cut at a character boundary).
+pub fn tail(s: &str, max: usize) -> String {
+    let t = s.trim();
+    let mut start = t.len().saturating_sub(max);
+    while !t.is_char_boundary(start) {
+        start += 1;
+    }
+    t.get(start..).unwrap_or(t).to_owned()
+}
+
+/// A program that ran to its end (successfully or not).
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub success: bool,
+    /// The exit code (None: killed by a signal).
+    pub code: Option<i32>,
+    /// The exit status, for people.
+    pub status: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Like [`run`], but a non-zero exit is a result, not an error.
+pub fn run_capture(
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+    cancel: &AtomicBool,
+) -> Result<Finished, ExecError> {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -124,21 +193,13 @@ pub fn run(
     };
     let stdout = out_t.join().unwrap_or_default();
     let stderr = err_t.join().unwrap_or_default();
-    if status.success() {
-        Ok(stdout)
-    } else {
-        let tail: String = {
-            let t = stderr.trim();
-            let start = t.len().saturating_sub(STDERR_TAIL);
-            t.get(start..).unwrap_or(t).to_owned()
-        };
-        Err(ExecError::Failed {
-            program: program.to_owned(),
-            args: args.join(" "),
-            status: status.to_string(),
-            stderr: tail,
-        })
-    }
+    Ok(Finished {
+        success: status.success(),
+        code: status.code(),
+        status: status.to_string(),
+        stdout,
+        stderr,
+    })
 }
 
 /// Whether a Debian package is installed (`dpkg-query`).
@@ -162,31 +223,8 @@ pub fn apt_install(
     version: Option<&str>,
     cancel: &AtomicBool,
 ) -> Result<(), ExecError> {
-    let apt = find_program("apt-get")?;
-    let spec = match version {
-        Some(v) => format!("{name}={v}"),
-        None => name.to_owned(),
-    };
-    run(
-        &apt,
-        &[
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "-o",
-            "Dpkg::Options::=--force-confold",
-            // unattended-upgrades (or an operator) may hold the lock for a while.
-            "-o",
-            "DPkg::Lock::Timeout=600",
-            "--",
-            &spec,
-        ],
-        &[("DEBIAN_FRONTEND", "noninteractive")],
-        INSTALL_TIMEOUT,
-        cancel,
-    )
-    .map(|_| ())
+    let argv = install_argv(Manager::Apt, None, None, &[name.to_owned()], version)?;
+    argv.run(INSTALL_TIMEOUT, cancel).map(|_| ())
 }
 
 /// Whether an RPM package is installed (`rpm -q`).
@@ -203,19 +241,8 @@ pub fn dnf_install(
     version: Option<&str>,
     cancel: &AtomicBool,
 ) -> Result<(), ExecError> {
-    let dnf = find_program("dnf")?;
-    let spec = match version {
-        Some(v) => format!("{name}-{v}"),
-        None => name.to_owned(),
-    };
-    run(
-        &dnf,
-        &["install", "-y", "-q", "--", &spec],
-        &[],
-        INSTALL_TIMEOUT,
-        cancel,
-    )
-    .map(|_| ())
+    let argv = install_argv(Manager::Dnf, None, None, &[name.to_owned()], version)?;
+    argv.run(INSTALL_TIMEOUT, cancel).map(|_| ())
 }
 
 /// The venv's pip; the venv must exist (the agent does not create environments).
@@ -250,18 +277,210 @@ pub fn pip_install(
     version: Option<&str>,
     cancel: &AtomicBool,
 ) -> Result<(), ExecError> {
-    let spec = match version {
-        Some(v) => format!("{name}=={v}.*"),
-        None => name.to_owned(),
-    };
-    run(
-        pip,
-        &["install", "--no-input", "-q", "--", &spec],
-        &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")],
-        INSTALL_TIMEOUT,
-        cancel,
-    )
-    .map(|_| ())
+    let venv = pip.parent().and_then(Path::parent).unwrap_or(pip);
+    let argv = install_argv(Manager::Pip, None, Some(venv), &[name.to_owned()], version)?;
+    argv.run(INSTALL_TIMEOUT, cancel).map(|_| ())
+}
+
+/// A package manager, as named in helper requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Manager {
+    Apt,
+    Dnf,
+    Pip,
+}
+
+impl Manager {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Manager::Apt => "apt",
+            Manager::Dnf => "dnf",
+            Manager::Pip => "pip",
+        }
+    }
+}
+
+/// A fully resolved install: program, arguments and environment. Built only from names
+/// that passed their grammar (callers check; the helper checks again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallArgv {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(&'static str, &'static str)>,
+}
+
+impl InstallArgv {
+    /// Runs it; a non-zero exit is an [`ExecError::Failed`].
+    pub fn run(&self, timeout: Duration, cancel: &AtomicBool) -> Result<String, ExecError> {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        run(&self.program, &args, &self.env, timeout, cancel)
+    }
+
+    /// Runs it and returns how it ended.
+    pub fn run_capture(
+        &self,
+        timeout: Duration,
+        cancel: &AtomicBool,
+    ) -> Result<Finished, ExecError> {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        run_capture(&self.program, &args, &self.env, timeout, cancel)
+    }
+}
+
+/// The argument list that installs `names` (one `version` applies to a single name) with
+/// `manager`: `apt-get install -y --no-install-recommends -- ...` with
+/// DEBIAN_FRONTEND=noninteractive, `dnf install -y -- ...`, or the venv's
+/// `pip install --no-input -- ...`. `program_dir` replaces the system directories.
+pub fn install_argv(
+    manager: Manager,
+    program_dir: Option<&Path>,
+    pip_venv: Option<&Path>,
+    names: &[String],
+    version: Option<&str>,
+) -> Result<InstallArgv, ExecError> {
+    let specs: Vec<String> = names
+        .iter()
+        .map(|n| match (manager, version) {
+            (Manager::Apt, Some(v)) => format!("{n}={v}"),
+            (Manager::Dnf, Some(v)) => format!("{n}-{v}"),
+            (Manager::Pip, Some(v)) => format!("{n}=={v}.*"),
+            (_, None) => n.clone(),
+        })
+        .collect();
+    let (program, mut args, env): (PathBuf, Vec<&str>, Vec<(&'static str, &'static str)>) =
+        match manager {
+            Manager::Apt => (
+                find_program_in(program_dir, "apt-get")?,
+                vec![
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "-o",
+                    "Dpkg::Options::=--force-confold",
+                    // unattended-upgrades (or an operator) may hold the lock for a while.
+                    "-o",
+                    "DPkg::Lock::Timeout=600",
+                ],
+                vec![("DEBIAN_FRONTEND", "noninteractive")],
+            ),
+            Manager::Dnf => (
+                find_program_in(program_dir, "dnf")?,
+                vec!["install", "-y", "-q"],
+                vec![],
+            ),
+            Manager::Pip => {
+                let Some(venv) = pip_venv else {
+                    return Err(ExecError::NotFound {
+                        program: "pip (no venv configured)".into(),
+                    });
+                };
+                (
+                    venv_pip(venv)?,
+                    vec!["install", "--no-input", "-q"],
+                    vec![
+                        ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+                        ("PIP_NO_CACHE_DIR", "1"),
+                    ],
+                )
+            }
+        };
+    args.push("--");
+    let mut args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+    args.extend(specs);
+    Ok(InstallArgv { program, args, env })
+}
+
+/// How the pre-load installs packages: through the root helper, or itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Installer {
+    /// Run the manager in this process (the agent is root, or a test).
+    Direct,
+    /// Ask `persona-actuator` at this socket.
+    Helper(PathBuf),
+}
+
+impl Installer {
+    /// The helper when the agent is not root (it is required then; a missing socket
+    /// fails the step with a clear error), or when it is root and the helper's socket
+    /// exists; otherwise direct.
+    pub fn choose(helper_socket: Option<&Path>) -> Installer {
+        match helper_socket {
+            Some(s) if !is_root() || s.exists() => Installer::Helper(s.to_owned()),
+            _ => Installer::Direct,
+        }
+    }
+
+    /// Installs one package (`pip` is the policy's venv pip for [`Manager::Pip`]).
+    pub fn install(
+        &self,
+        manager: Manager,
+        pip: Option<&Path>,
+        name: &str,
+        version: Option<&str>,
+        cancel: &AtomicBool,
+    ) -> Result<(), ExecError> {
+        match self {
+            Installer::Direct => match manager {
+                Manager::Apt => apt_install(name, version, cancel),
+                Manager::Dnf => dnf_install(name, version, cancel),
+                Manager::Pip => match pip {
+                    Some(p) => pip_install(p, name, version, cancel),
+                    None => Err(ExecError::NotFound {
+                        program: "pip (no venv configured)".into(),
+                    }),
+                },
+            },
+            Installer::Helper(socket) => {
+                let req = crate::actuator::Request::InstallPackages {
+                    manager,
+                    packages: vec![name.to_owned()],
+                    version: version.map(str::to_owned),
+                };
+                // The helper kills the install at its own deadline (at most this long).
+                let deadline = INSTALL_TIMEOUT + Duration::from_secs(60);
+                let reply = crate::actuator::call_until(socket, &req, deadline, cancel).map_err(
+                    |e| match e {
+                        crate::actuator::CallError::Cancelled => ExecError::Cancelled,
+                        other => ExecError::Helper {
+                            socket: socket.clone(),
+                            detail: other.to_string(),
+                        },
+                    },
+                )?;
+                if reply.ok {
+                    Ok(())
+                } else {
+                    Err(ExecError::Helper {
+                        socket: socket.clone(),
+                        detail: format!(
+                            "{}: {}{}",
+                            reply.error.as_deref().unwrap_or("error"),
+                            reply.detail,
+                            reply
+                                .output_tail
+                                .as_deref()
+                                .map(|t| format!("; output: {t}"))
+                                .unwrap_or_default()
+                        ),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Effective uid 0, from /proc/self/status (`Uid: real effective saved fs`).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
