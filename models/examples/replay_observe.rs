@@ -13,51 +13,10 @@
 use std::process::ExitCode;
 
 use persona_models::Mirror;
-use persona_shared::metrics::{self, MetricDef};
-use persona_shared::sample::{Device, ProcEntry, Sample};
-use persona_shared::window::{FEATURE_DIM, Window, WindowConfig};
 use serde_json::{Value, json};
 
-fn values<const N: usize>(defs: &[MetricDef], v: &Value) -> [f64; N] {
-    let mut out = [f64::NAN; N];
-    for (o, d) in out.iter_mut().zip(defs) {
-        *o = v.get(d.name).and_then(Value::as_f64).unwrap_or(f64::NAN);
-    }
-    out
-}
-
-fn procs(v: &Value) -> Vec<ProcEntry> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| ProcEntry {
-            comm: p["comm"].as_str().unwrap_or("").to_owned(),
-            cpu_pct: p["cpu_pct"].as_f64().unwrap_or(0.0) as f32,
-            rss_bytes: p["rss_bytes"].as_u64().unwrap_or(0),
-        })
-        .collect()
-}
-
-fn sample(v: &Value) -> Sample {
-    let mut s = Sample {
-        ts_ms: v["ts_ms"].as_i64().unwrap_or(0),
-        ..Sample::default()
-    };
-    s.host = values(&metrics::HOST, &v["host"]);
-    s.disk_total = values(&metrics::DISK, &v["disk_total"]);
-    s.nic_total = values(&metrics::NIC, &v["nic_total"]);
-    if let Some(m) = v["nics"].as_object() {
-        for (name, vals) in m {
-            s.nics.push(Device {
-                name: name.clone(),
-                values: values(&metrics::NIC, vals),
-            });
-        }
-    }
-    s.top_cpu = procs(&v["top_cpu"]);
-    s.top_rss = procs(&v["top_rss"]);
-    s
-}
+#[path = "support/observe.rs"]
+mod observe;
 
 fn main() -> ExitCode {
     let mut model = None;
@@ -90,21 +49,13 @@ fn main() -> ExitCode {
     };
     let mut out = Vec::new();
     for f in &files {
-        let doc: Value = match std::fs::read_to_string(f).map(|t| serde_json::from_str(&t)) {
-            Ok(Ok(d)) => d,
-            _ => {
-                eprintln!("replay_observe: {f}: not an observe JSON document");
+        let x = match observe::window_of(f) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("replay_observe: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let mut w = Window::new(WindowConfig::default());
-        for v in doc["samples"].as_array().into_iter().flatten() {
-            let s = sample(v);
-            w.set_procs_from_sample(&s);
-            w.push_sample(&s);
-        }
-        let mut x = [0f32; FEATURE_DIM];
-        w.features(&mut x);
         let p = match m.predict(&x) {
             Ok(p) => p,
             Err(e) => {

@@ -11,85 +11,13 @@
 //! experiments; the shipped model uses the defaults. `created_ms` is 0 so the same seed
 //! gives the same bytes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use persona_models::mirror_data::{HourlySeries, PersonaProfile};
 use persona_models::mirror_train::{MirrorTrainConfig, train_mirror};
-use serde::Deserialize;
 
-#[derive(Deserialize)]
-struct Series {
-    p50: Vec<Vec<f64>>,
-    p95: Vec<Vec<f64>>,
-}
-
-#[derive(Deserialize)]
-struct Usage {
-    cpu_cores: Series,
-    memory_gib: Series,
-    disk_mbps: Series,
-    network_mbps: Series,
-}
-
-#[derive(Deserialize)]
-struct Pkg {
-    name: String,
-}
-
-#[derive(Deserialize)]
-struct Software {
-    deb: Vec<Pkg>,
-    pip: Vec<Pkg>,
-    npm: Vec<Pkg>,
-    containers: Vec<Pkg>,
-}
-
-#[derive(Deserialize)]
-struct PersonaFile {
-    slug: String,
-    software: Software,
-    usage: Usage,
-}
-
-fn series(s: Series) -> HourlySeries {
-    HourlySeries {
-        p50: s.p50,
-        p95: s.p95,
-    }
-}
-
-fn load(dir: &Path) -> Result<Vec<PersonaProfile>, String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("reading {}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-        let p: PersonaFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
-        let sw = &p.software;
-        let software = sw
-            .deb
-            .iter()
-            .chain(&sw.pip)
-            .chain(&sw.npm)
-            .chain(&sw.containers)
-            .map(|p| p.name.clone())
-            .collect();
-        out.push(PersonaProfile {
-            slug: p.slug,
-            cpu_cores: series(p.usage.cpu_cores),
-            memory_gib: series(p.usage.memory_gib),
-            disk_mbps: series(p.usage.disk_mbps),
-            network_mbps: series(p.usage.network_mbps),
-            software,
-        });
-    }
-    Ok(out)
-}
+#[path = "support/personas.rs"]
+mod personas;
 
 fn main() -> ExitCode {
     match run() {
@@ -104,10 +32,7 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let mut out = None;
     let mut seed = 42u64;
-    let mut dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../coordinator/personas"
-    ));
+    let mut dir = personas::default_dir();
     let mut cfg = MirrorTrainConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -123,7 +48,7 @@ fn run() -> Result<(), String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let profiles = load(&dir)?;
+    let profiles = personas::load(&dir)?;
     let (bytes, report) = train_mirror(&profiles, &[], seed, 0, &cfg).map_err(|e| e.to_string())?;
     if let Some(path) = &out {
         std::fs::write(path, &bytes).map_err(|e| format!("writing {}: {e}", path.display()))?;
