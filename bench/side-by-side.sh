@@ -2,7 +2,8 @@
 # Side-by-side overhead (issue 9): in one run on this machine, the Persona agent sampling
 # every 1 s and streaming to a local coordinator, against Prometheus node_exporter scraped
 # every 1 s by a minimal loop over loopback. Reports CPU (user+sys s) and peak RSS of each
-# process over DUR seconds, their ratios, and bytes per sample on the wire.
+# process over DUR seconds, their ratios, and bytes per sample on the wire (JSON=1: one
+# JSON document instead of the text lines).
 # Needs: a release build (cargo build --release --workspace), Debian's
 # prometheus-node-exporter, curl and python3. Traffic stays on 127.0.0.1.
 set -euo pipefail
@@ -51,7 +52,16 @@ udp=$(grep -o 'udp_tx_bytes=[0-9]*' "$work/a.log" | tail -1 | cut -d= -f2)
 frames=$(grep -o 'batch_bytes=[0-9]*' "$work/a.log" | tail -1 | cut -d= -f2)
 values=$("$CBIN/personactl" --api "$http" --data-dir "$work/c" status --json | python3 -c "import json,sys;print(json.load(sys.stdin)['samples'])")
 python3 - <<PY
+import json
 a=$a1-$a0; n=$n1-$n0
+if "${JSON:-0}" == "1":
+    print(json.dumps({"duration_s": $DUR,
+        "agent": {"cpu_s": a, "cpu_pct_of_one_core": a/$DUR*100, "peak_rss_mib": $ah/1048576},
+        "node_exporter": {"cpu_s": n, "cpu_pct_of_one_core": n/$DUR*100, "peak_rss_mib": $nh/1048576, "scrapes": $scrapes},
+        "cpu_ratio": a/n if n else None, "rss_ratio": $ah/$nh,
+        "agent_bytes_per_value": {"frames": $frames/$values, "udp": $udp/$values, "values": $values},
+        "node_exporter_bytes_per_sample": {"text": $plain/$lines, "gzip": $gz/$lines, "per_scrape": $lines//$scrapes}}))
+    raise SystemExit(0)
 print(f"duration_s           {$DUR}")
 print(f"persona_agent_cpu_s  {a:.2f}  ({a/$DUR*100:.3f}% of one core)")
 print(f"node_exporter_cpu_s  {n:.2f}  ({n/$DUR*100:.3f}% of one core, {$scrapes} scrapes)")
