@@ -10,9 +10,10 @@
 #   side-by-side  agent daemon (1 s sampling, inference on, streaming) against
 #                 node_exporter scraped every 1 s, RUNS times (bench/side-by-side.sh)
 #   fleet         persona-loadgen with FLEET agents for LG_SECONDS, RUNS times
-#   search        persona-loadgen at each N of SEARCH_N for SEARCH_SECONDS, once each; the
-#                 largest N that holds p99 ack <= 2 s, no lost or duplicated batch and
-#                 coordinator RSS <= 2 GiB
+#   search        persona-loadgen at each N of SEARCH_N for SEARCH_SECONDS, once each, up
+#                 to the first N that misses p99 ack <= 2 s or loses a batch; the table
+#                 gives the largest N that holds the latency target and the largest that
+#                 also keeps coordinator RSS <= 2 GiB
 #
 # Knobs (environment): RUNS=3 LG_SECONDS=300 FLEET=10000 SBS_SECONDS=300 OBSERVE_S=60
 # SEARCH_N="20000 30000 40000 50000" SEARCH_SECONDS=120 ONLY="mirror fleet ..." (a subset)
@@ -117,9 +118,12 @@ if want search; then
     for n in $SEARCH_N; do
         log "search: $n agents for ${SEARCH_SECONDS} s"
         loadgen "$n" "$SEARCH_SECONDS" "$out/search-$n.json"
-        # A larger N would only fail harder; stop at the first N that misses a target.
-        if ! python3 -c "import json,sys;d=json.load(open(sys.argv[1]));p=d['ack_latency_ms']['p99'];sys.exit(0 if p is not None and p<=2000 and d['lost_batches']==0 and d['errors']==0 and d['duplicated_or_unexpected_batches']==0 and d['coordinator']['peak_rss_mib']<=2048 else 1)" "$out/search-$n.json" 2>/dev/null; then
-            log "search: $n agents missed a target; stopping the search"
+        # A larger N would only fail harder; stop at the first N that misses the latency
+        # or the no-loss target. Memory over 2 GiB does not stop the search: the issue
+        # asks for the largest N that holds the latency target, and the table reports
+        # that one and the largest N that holds every target.
+        if ! python3 -c "import json,sys;d=json.load(open(sys.argv[1]));p=d['ack_latency_ms']['p99'];sys.exit(0 if p is not None and p<=2000 and d['lost_batches']==0 and d['errors']==0 and d['duplicated_or_unexpected_batches']==0 else 1)" "$out/search-$n.json" 2>/dev/null; then
+            log "search: $n agents missed the latency or no-loss target; stopping the search"
             break
         fi
     done
