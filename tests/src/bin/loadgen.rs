@@ -549,12 +549,13 @@ fn main() {
         let lat_n_end = lat.lock().await.len();
         let steady_end = Instant::now();
         stop.store(true, Ordering::Relaxed);
-        let mut runs = Vec::new();
+        // One slot per agent, so a task that did not finish cannot shift the others'
+        // figures onto the wrong identity; such an agent counts as unfinished.
+        let mut runs: Vec<Option<AgentRun>> = Vec::with_capacity(tasks.len());
         for t in tasks {
-            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(120), t).await {
-                runs.push(r);
-            }
+            runs.push(tokio::time::timeout(Duration::from_secs(120), t).await.ok().and_then(Result::ok));
         }
+        let unfinished = runs.iter().filter(|r| r.is_none()).count();
         let (self_end, self_rss) = proc_stat(std::process::id());
         // Every acknowledged batch must be stored exactly once.
         let list = client.call(Method::GET, "/v1/agents", None).await.expect("agents");
@@ -569,6 +570,7 @@ fn main() {
         let mut extra = 0i64;
         let mut acked_total = 0u64;
         for (id, r) in ids.iter().zip(&runs) {
+            let Some(r) = r else { continue };
             acked_total += r.acked;
             let (batches, committed) = stored.get(id).copied().unwrap_or((0, 0));
             // Cached identities carry batches from earlier runs; compare this run's seqs.
@@ -592,6 +594,7 @@ fn main() {
             "batches_acked": acked_total,
             "reconnects": c.reconnects.load(Ordering::Relaxed),
             "errors": c.errors.load(Ordering::Relaxed),
+            "agents_unfinished": unfinished,
             "rejected": c.rejected.load(Ordering::Relaxed),
             "lost_batches": lost,
             "duplicated_or_unexpected_batches": extra,
