@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS commands(
 CREATE INDEX IF NOT EXISTS commands_by_agent ON commands(agent, state);
 CREATE INDEX IF NOT EXISTS commands_by_created ON commands(created_ms);
 CREATE INDEX IF NOT EXISTS commands_by_expiry ON commands(state, expires_ms);
+-- model_push::ensure_grant looks up an agent's latest model_update by agent id; without
+-- this index each lookup scanned the whole table (one per waiting agent per poll).
+CREATE INDEX IF NOT EXISTS commands_by_agent_kind ON commands(agent_id, kind, created_ms);
 ";
 
 /// Finished commands are kept this long, then deleted with their results.
@@ -60,8 +63,13 @@ pub const KEEP_FINISHED_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Shortest and longest time a command may live.
 pub const TTL_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600);
-/// How often a delivery task looks for commands submitted without a wake-up.
-const POLL_EVERY: Duration = Duration::from_secs(1);
+/// How often a delivery task looks for commands submitted without a wake-up. Every
+/// submission in this process wakes the agent's task at once ([`Hub::wake`]), so this is
+/// only a safety net (a row written by another process, a path that forgot to wake). It
+/// is one SQLite query per connected agent per interval: at 1 s it was 10,000 queries a
+/// second for a 10,000-agent fleet, enough to saturate the coordinator and time out
+/// connections (docs/BENCHMARKS.md, issue 9).
+const POLL_EVERY: Duration = Duration::from_secs(30);
 /// How often expired commands are marked.
 const EXPIRE_EVERY: Duration = Duration::from_secs(5);
 /// Commands queued for one control stream, at most.

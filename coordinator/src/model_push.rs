@@ -62,8 +62,13 @@ pub const KIND: &str = "mirror";
 const QUEUE: usize = 8;
 /// How long a `model_update` command lives (an expired one is replaced by a new one).
 const GRANT_TTL: Duration = Duration::from_secs(3600);
-/// How often a session looks at a `model_update` command it waits for.
+/// How often a session first looks at a `model_update` command it waits for; the wait
+/// doubles after each look up to [`GRANT_POLL_MAX`]. An agent that accepts the command
+/// gets its push within a second; an agent that never answers (an old agent, a load
+/// generator) costs one indexed lookup every 15 s instead of two a second, which across
+/// a 10,000-agent fleet was enough to saturate the coordinator (docs/BENCHMARKS.md).
 const GRANT_POLL: Duration = Duration::from_millis(500);
+const GRANT_POLL_MAX: Duration = Duration::from_secs(15);
 /// How often it looks again after the agent refused one (for an operator's new command).
 const REFUSED_POLL: Duration = Duration::from_secs(5);
 /// Serialises the check-then-submit of grants (two sessions of one agent overlap during
@@ -349,6 +354,7 @@ pub fn session(
         let mut inner_open = true;
         // The refused command already recorded (so a refusal is written once).
         let mut refusal_noted: Option<String> = None;
+        let mut grant_wait = GRANT_POLL;
         loop {
             let current = models.borrow_and_update().clone();
             let mut poll = None;
@@ -373,7 +379,13 @@ pub fn session(
                         }
                         sent = Some(m.version);
                     }
-                    Ok(Ok(Grant::Waiting { .. })) => poll = Some(GRANT_POLL),
+                    Ok(Ok(Grant::Waiting { new, .. })) => {
+                        if new {
+                            grant_wait = GRANT_POLL;
+                        }
+                        poll = Some(grant_wait);
+                        grant_wait = (grant_wait * 2).min(GRANT_POLL_MAX);
+                    }
                     Ok(Ok(Grant::Refused { id, message })) => {
                         if refusal_noted.as_deref() != Some(id.as_str()) {
                             tracing::warn!(agent = %agent_id, version = %m.version, command = %id,
