@@ -17,7 +17,7 @@
 #
 # Knobs (environment): RUNS=3 LG_SECONDS=300 FLEET=10000 SBS_SECONDS=300 OBSERVE_S=60
 # SEARCH_N="20000 30000 40000 50000" SEARCH_SECONDS=120 ONLY="mirror fleet ..." (a subset)
-# QUICK=1 (a smoke run of the script itself: tiny sizes, and the table is written to
+# SKIP_BUILD=1 (use target/release as it is) QUICK=1 (a smoke run of the script itself: tiny sizes, and the table is written to
 # bench/out only, never into docs/BENCHMARKS.md).
 #
 # Not a test, and not run in CI: the whole set takes about 75 minutes at the defaults.
@@ -46,9 +46,11 @@ BIN=$(pwd)/target/release
 log() { printf '[run-all %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 
-log "building (release)"
-cargo build --release --workspace --bins >&2
-cargo build --release -p persona-models --features train --examples >&2
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    log "building (release)"
+    cargo build --release --workspace --bins >&2
+    cargo build --release -p persona-models --features train --examples >&2
+fi
 
 {
     printf '{"stamp":"%s","cores":%s,"kernel":"%s","model":"%s","load_before":"%s","quick":%s}\n' \
