@@ -14,7 +14,9 @@ fi
 
 # One release build for every binary of both packages (shared dependencies build once),
 # then package without rebuilding.
-cargo build --release --locked -p persona-agent -p persona-coordinator \
+# persona-coordinator is built from the persona-coordinator-bin crate (it sits above the
+# coordinator and agent libraries for `demo`); the coordinator package ships it.
+cargo build --release --locked -p persona-agent -p persona-coordinator -p persona-coordinator-bin \
     --bin persona-agent --bin persona-actuator --bin persona-coordinator --bin personactl >&2
 
 for pkg in persona-agent persona-coordinator; do

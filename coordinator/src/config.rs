@@ -13,8 +13,55 @@ use std::path::{Path, PathBuf};
 use persona_agent::confdoc::{AGENT_KEYS, KeyDoc, render_section};
 use serde::Deserialize;
 
-use crate::ServeOptions;
-use crate::server::ServerSettings;
+/// How to run the coordinator.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    /// Address printed in enroll commands; defaults to the bound QUIC address.
+    pub advertise: Option<String>,
+    pub settings: ServerSettings,
+}
+
+/// Settings of a running coordinator: what agents are told, the QUIC server's bounds,
+/// the engine's constants and the outside actuators.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub max_frame: usize,
+    pub sample_interval_ms: u32,
+    pub batch_interval_s: u32,
+    pub retention_ms: i64,
+    /// How far in the future a timestamp may be (clock skew).
+    pub max_future_ms: i64,
+    /// New connections allowed per source address per second (burst of 4x).
+    pub conn_rate_per_ip: f64,
+    /// Whether `GET /metrics` needs the admin token (see docs/operations.md).
+    pub metrics_require_token: bool,
+    /// Instance catalogue file for sizing (`--catalogue`); `None` = the built-in one.
+    pub catalogue: Option<std::path::PathBuf>,
+    /// Constants of the configuration engine (`[engine]` in the config file).
+    pub engine: crate::engine::EngineConfig,
+    /// Outside resize actuators by VM (`[[actuator]]`); empty = every agent resizes itself.
+    pub actuators: Vec<crate::actuate::ActuatorBinding>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_frame: persona_shared::protocol::DEFAULT_MAX_FRAME,
+            sample_interval_ms: 1000,
+            batch_interval_s: 10,
+            retention_ms: 14 * 24 * 3600 * 1000,
+            max_future_ms: 10 * 60 * 1000,
+            conn_rate_per_ip: 20.0,
+            metrics_require_token: false,
+            catalogue: None,
+            engine: crate::engine::EngineConfig::default(),
+            actuators: Vec::new(),
+        }
+    }
+}
 
 /// Valid ranges, shared with the command-line flags.
 pub const SAMPLE_INTERVAL_MS: std::ops::RangeInclusive<i64> = 100..=60_000;
@@ -359,6 +406,37 @@ pub fn render_reference() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_coordinator_config_carries_the_bindings() {
+        let p = std::path::Path::new("/etc/persona/coordinator.toml");
+        let c = CoordConfig::parse(
+            "[[actuator]]\nagent = \"a1\"\n[actuator.qmp]\nsocket = \"/run/q.sock\"\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(
+            crate::actuate::actuator_for(&c.actuator, "a1", None).name(),
+            "qmp"
+        );
+        let e = CoordConfig::parse("[[actuator]]\nagent = \"a1\"\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("actuator")
+                && e.contains("names no actuator")
+                && e.contains("coordinator.toml"),
+            "{e}"
+        );
+        let e = CoordConfig::parse(
+            "[[actuator]]\nagent = \"a1\"\n[actuator.exec]\nprogram = \"resize.sh\"\n",
+            p,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not an absolute path"), "{e}");
+    }
+
     use persona_agent::confdoc::toml_setting;
 
     fn p() -> &'static Path {

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use persona_agent::systemd;
 
-use crate::server::{HEARTBEAT_EVERY, Shared};
+use crate::ingest::{HEARTBEAT_EVERY, Ingest};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -74,7 +74,7 @@ pub async fn probe_api(http: SocketAddr) -> Result<(), Unhealthy> {
 }
 
 /// Runs the checks every half watchdog interval until shutdown.
-pub async fn watchdog(shared: Arc<Shared>, http: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+pub async fn watchdog(ingest: Arc<Ingest>, http: SocketAddr, mut shutdown: watch::Receiver<bool>) {
     let Some(interval) = systemd::watchdog_interval() else {
         return;
     };
@@ -85,7 +85,8 @@ pub async fn watchdog(shared: Arc<Shared>, http: SocketAddr, mut shutdown: watch
         every_ms = every.as_millis() as u64,
         "systemd watchdog enabled"
     );
-    let mut last_beat = shared
+    let mut last_beat = ingest
+        .app
         .stats
         .accept_loop_heartbeat_ms
         .load(Ordering::Relaxed);
@@ -95,13 +96,14 @@ pub async fn watchdog(shared: Arc<Shared>, http: SocketAddr, mut shutdown: watch
             () = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
-        let beat = shared
+        let beat = ingest
+            .app
             .stats
             .accept_loop_heartbeat_ms
             .load(Ordering::Relaxed);
         let result = if beat == last_beat {
             Err(Unhealthy::AcceptLoopStuck)
-        } else if !shared.ingest_alive() {
+        } else if !ingest.writer_alive() {
             Err(Unhealthy::WriterGone)
         } else {
             probe_api(http).await

@@ -1,41 +1,24 @@
 //! The Persona coordinator: it holds the CA that enrolls agents, receives their
 //! telemetry over QUIC into SQLite, and serves the admin API that `personactl` drives.
 //! `start` brings everything up from a data directory and returns the bound addresses,
-//! so the binary, the demo and the tests all run the same code.
+//! so the binary, the demo and the tests all run the same code. It is the one place that
+//! spawns the long-running tasks; docs/architecture.md draws the layers below it.
 
 pub mod actuate;
 pub mod api;
-pub mod belief;
-pub mod catalogue;
+pub mod app;
+pub mod cli;
 pub mod commands;
-pub mod commands_cli;
 pub mod config;
-pub mod ctl;
-pub mod demo;
 pub mod engine;
-pub mod engine_api;
-pub mod events;
-pub mod events_cli;
 pub mod health;
-pub mod mirror_train;
-pub mod model_push;
-pub mod persona_db;
-pub mod personas;
+pub mod ingest;
+pub mod model;
 pub mod pki;
-pub mod preload;
-pub mod profile_api;
-pub mod profile_cli;
-pub mod profiling;
-pub mod prom;
+pub mod profile;
 pub mod recommend;
-pub mod recommend_cli;
 pub mod replay;
-pub mod replay_cli;
-pub mod server;
-pub mod signing;
-pub mod specs;
 pub mod store;
-pub mod table;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +26,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tracing::info;
+
+pub use config::{ServeOptions, ServerSettings};
 
 /// Errors while starting the coordinator.
 #[derive(Debug, thiserror::Error)]
@@ -57,25 +42,14 @@ pub enum CoordError {
     #[error("{0}")]
     Store(#[from] store::StoreError),
     #[error("{0}")]
-    Serve(#[from] server::ServeError),
+    Serve(#[from] ingest::ServeError),
     #[error("cannot bind the HTTP API on {addr}: {source}")]
     BindHttp {
         addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("{0}")]
-    Profiling(#[from] profiling::ProfileError),
-}
-
-/// How to run the coordinator.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    pub data_dir: PathBuf,
-    pub listen: SocketAddr,
-    pub http: SocketAddr,
-    /// Address printed in enroll commands; defaults to the bound QUIC address.
-    pub advertise: Option<String>,
-    pub settings: server::ServerSettings,
+    Profiling(#[from] profile::ProfileError),
 }
 
 /// A running coordinator.
@@ -85,7 +59,9 @@ pub struct Coordinator {
     pub http_addr: SocketAddr,
     pub ca_hash: String,
     pub admin_token: String,
-    pub shared: Arc<server::Shared>,
+    pub app: Arc<app::App>,
+    /// The QUIC side (its writer's health is the watchdog's business).
+    pub ingest: Arc<ingest::Ingest>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -129,13 +105,6 @@ pub async fn start(
     let pki = Arc::new(pki::Pki::load_or_create(dir)?);
     let token = admin_token(dir)?;
     let store = Arc::new(store::Store::open(&dir.join("persona.db"))?);
-    let (endpoint, shared) = server::bind(opts.listen, store, pki.clone(), opts.settings.clone())?;
-    let quic_addr = endpoint
-        .local_addr()
-        .map_err(|source| CoordError::DataDir {
-            path: dir.clone(),
-            source,
-        })?;
     let listener = tokio::net::TcpListener::bind(opts.http)
         .await
         .map_err(|source| CoordError::BindHttp {
@@ -148,6 +117,26 @@ pub async fn start(
             addr: opts.http,
             source,
         })?;
+    // Persona database, catalogue and profiler model, on the coordinator's connections.
+    let profiling = Arc::new(profile::ProfilingService::with_store(
+        store.clone(),
+        dir,
+        opts.settings.catalogue.as_deref(),
+    )?);
+    // The QUIC address is known only once bound, and the enroll line needs it: bind
+    // first with a provisional App, then fix the advertised address.
+    let quic_socket = std::net::UdpSocket::bind(opts.listen).map_err(|source| {
+        CoordError::Serve(ingest::ServeError::Bind {
+            addr: opts.listen,
+            source,
+        })
+    })?;
+    let quic_addr = quic_socket
+        .local_addr()
+        .map_err(|source| CoordError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
     let advertise = opts.advertise.clone().unwrap_or_else(|| {
         if quic_addr.ip().is_unspecified() {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -157,29 +146,40 @@ pub async fn start(
             quic_addr.to_string()
         }
     });
+    let app = Arc::new(app::App {
+        models: model::push::ModelHub::open(&store),
+        store,
+        pki: pki.clone(),
+        settings: opts.settings.clone(),
+        stats: app::Stats::default(),
+        live: app::Live::default(),
+        commands: Arc::new(commands::Hub::default()),
+        profiling: profiling.clone(),
+        advertise,
+    });
+    let (endpoint, ingest) = ingest::bind(quic_socket, app.clone())?;
     // Tools and tests that start the coordinator on port 0 learn the bound addresses here.
     let serving = format!(
         "{{\"quic\":\"{quic_addr}\",\"http\":\"{http_addr}\",\"pid\":{}}}\n",
         std::process::id()
     );
     pki::write_private(&dir.join("serving.json"), serving.as_bytes())?;
-    // Persona database, catalogue and profiler model (its own connection to persona.db).
-    let profiling = Arc::new(profiling::ProfilingService::open(
-        dir,
-        opts.settings.catalogue.as_deref(),
-    )?);
-    shared.beliefs.set_profiler(profiling.clone());
     // The configuration engine applies recommendations to VMs in initial/auto mode.
-    let t_engine = tokio::spawn(engine_api::auto_loop(
-        shared.clone(),
-        Some(profiling.clone()),
+    let t_engine = tokio::spawn(recommend::auto_loop(
+        app.store.clone(),
+        app.commands.clone(),
+        app.settings.engine.clone(),
+        Some(profiling),
         shutdown.clone(),
     ));
     // Resizes of VMs that a hypervisor actuator serves run here, not in the agent.
-    let t_resize = tokio::spawn(actuate::dispatch::run(shared.clone(), shutdown.clone()));
-    let api_state =
-        Arc::new(api::ApiState::new(shared.clone(), &token, advertise).with_profiling(profiling));
-    let t1 = tokio::spawn(server::run(endpoint, shared.clone(), shutdown.clone()));
+    let t_resize = tokio::spawn(commands::dispatch::run(
+        app.store.clone(),
+        app.settings.actuators.clone(),
+        shutdown.clone(),
+    ));
+    let api_state = Arc::new(api::ApiState::new(app.clone(), &token));
+    let t1 = tokio::spawn(ingest::run(endpoint, ingest.clone(), shutdown.clone()));
     let t2 = tokio::spawn(api::run(listener, api_state, shutdown));
     info!(quic = %quic_addr, http = %http_addr, ca_hash = %pki.ca_hash(), data_dir = %dir.display(), "coordinator serving");
     Ok(Coordinator {
@@ -187,7 +187,8 @@ pub async fn start(
         http_addr,
         ca_hash: pki.ca_hash(),
         admin_token: token,
-        shared,
+        app,
+        ingest,
         tasks: vec![t1, t2, t_engine, t_resize],
     })
 }

@@ -4,8 +4,8 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -233,41 +233,36 @@ fn bad_persona_files_are_refused_with_the_field() {
     }
 }
 
+/// A coordinator started through the library (`persona_coordinator::start`) on its own
+/// runtime, on loopback ports chosen at run time; dropping it shuts it down.
 struct Coordinator {
-    child: Child,
+    rt: tokio::runtime::Runtime,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Coordinator {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.stop.send(true);
+        let rt = std::mem::replace(&mut self.rt, tokio::runtime::Runtime::new().expect("rt"));
+        rt.shutdown_timeout(Duration::from_secs(5));
     }
 }
 
 fn start_coordinator(dir: &Path) -> (Coordinator, String) {
-    let child = Command::new(env!("CARGO_BIN_EXE_persona-coordinator"))
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let opts = persona_coordinator::ServeOptions {
+        data_dir: dir.to_owned(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        http: "127.0.0.1:0".parse().expect("addr"),
+        advertise: None,
+        settings: persona_coordinator::ServerSettings::default(),
+    };
+    let coord = rt
+        .block_on(persona_coordinator::start(opts, rx))
         .expect("start coordinator");
-    let c = Coordinator { child };
-    let t0 = Instant::now();
-    loop {
-        if let Ok(s) = std::fs::read_to_string(dir.join("serving.json"))
-            && let Ok(v) = serde_json::from_str::<Value>(&s)
-            && let Some(http) = v["http"].as_str()
-        {
-            return (c, http.to_owned());
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "coordinator did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let http = coord.http_addr.to_string();
+    (Coordinator { rt, stop }, http)
 }
 
 #[test]
@@ -312,7 +307,8 @@ fn online_personas_and_profile() {
     // Feedback for the new persona, then retrain on the coordinator: the model now has
     // an output for it and the coordinator serves the trained model.
     let token = std::fs::read_to_string(data.join("admin.token")).expect("token");
-    let client = persona_coordinator::ctl::Client::new(http.parse().expect("addr"), token.trim());
+    let client =
+        persona_coordinator::cli::client::Client::new(http.parse().expect("addr"), token.trim());
     for (i, d) in [
         "headset and softphone desktop for inbound support calls",
         "agents answering customer calls with a CRM in the browser",

@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Most events one listing returns (`GET /v1/events`, `personactl events --limit`).
+pub const MAX_LIST: usize = 10_000;
+
 /// A resource a pressure event or a sizing decision is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Resource {

@@ -4,6 +4,7 @@
 //! and storage.
 
 pub mod batch;
+pub mod clock;
 pub mod codec;
 pub mod command;
 pub mod events;

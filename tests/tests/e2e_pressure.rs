@@ -157,7 +157,7 @@ fn case(r: &Rig, resource: &str, start: impl FnOnce() -> Load) {
     assert!(!show["combined"].as_array().unwrap().is_empty(), "{show}");
     // Their history: at least the snapshot taken when the prior was set at Hello.
     let token = std::fs::read_to_string(r.coord.data_dir.join("admin.token")).unwrap();
-    let api = persona_coordinator::ctl::Client::new(r.coord.http, token.trim());
+    let api = persona_coordinator::cli::client::Client::new(r.coord.http, token.trim());
     let b = api
         .call_blocking(
             hyper::Method::GET,

@@ -16,7 +16,6 @@
 //! ([`ActuatorBinding`]) matched by agent id or by the VM's instance id (docs/operations.md).
 
 pub mod cloud_hypervisor;
-pub mod dispatch;
 pub mod exec;
 pub mod libvirt;
 pub mod qmp;
@@ -768,34 +767,6 @@ mod tests {
                 .iter()
                 .any(|c| c.kind == ChangeKind::MemoryDown)
         );
-    }
-
-    #[test]
-    fn the_coordinator_config_carries_the_bindings() {
-        use crate::config::CoordConfig;
-        let p = std::path::Path::new("/etc/persona/coordinator.toml");
-        let c = CoordConfig::parse(
-            "[[actuator]]\nagent = \"a1\"\n[actuator.qmp]\nsocket = \"/run/q.sock\"\n",
-            p,
-        )
-        .unwrap();
-        assert_eq!(actuator_for(&c.actuator, "a1", None).name(), "qmp");
-        let e = CoordConfig::parse("[[actuator]]\nagent = \"a1\"\n", p)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("actuator")
-                && e.contains("names no actuator")
-                && e.contains("coordinator.toml"),
-            "{e}"
-        );
-        let e = CoordConfig::parse(
-            "[[actuator]]\nagent = \"a1\"\n[actuator.exec]\nprogram = \"resize.sh\"\n",
-            p,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("not an absolute path"), "{e}");
     }
 
     #[test]

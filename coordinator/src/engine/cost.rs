@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Size;
-use crate::catalogue::{Catalogue, HOURS_PER_MONTH, Shape, Target};
+use crate::profile::catalogue::{Catalogue, HOURS_PER_MONTH, Shape, Target};
 
 /// How a VM can be resized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -631,7 +631,7 @@ mod tests {
         let w = adjust_instance(&[(0.7, sz(8.0, 32.0)), (0.3, sz(2.0, 4.0))]);
         assert!((w.cpu_cores - 6.2).abs() < 1e-9);
         assert!((w.memory_gib - 23.6).abs() < 1e-9);
-        let h = 1.0 + crate::recommend::HEADROOM;
+        let h = 1.0 + crate::profile::sizing::HEADROOM;
         let mut r = Why::on();
         let s = policy::shape(
             sz(w.cpu_cores * h, w.memory_gib * h),

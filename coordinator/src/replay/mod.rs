@@ -431,7 +431,10 @@ fn run_one(p: &mut dyn Policy, s: &[Sample], dur: &[f64]) -> Tally {
 fn make_policy(
     name: PolicyName,
     o: &Options,
-    shape: Option<&(crate::personas::Week, crate::personas::Week)>,
+    shape: Option<&(
+        crate::profile::personas::Week,
+        crate::profile::personas::Week,
+    )>,
 ) -> Box<dyn Policy> {
     match name {
         PolicyName::Static => Box::new(static_policy::Static),
@@ -490,7 +493,8 @@ pub fn run(paths: &[PathBuf], o: &Options) -> Result<Report, ReplayError> {
         ));
     }
     let files: usize = vms.iter().map(|v| v.files.len()).sum();
-    let personas = crate::personas::builtin().map_err(|e| ReplayError::Personas(e.to_string()))?;
+    let personas =
+        crate::profile::personas::builtin().map_err(|e| ReplayError::Personas(e.to_string()))?;
     let shape = persona::mixture_shape(&personas);
     let threads = if o.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())

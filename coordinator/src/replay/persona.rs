@@ -19,7 +19,7 @@ use super::bitbrains::Sample;
 use crate::engine::policy::{Bounds, Hysteresis, Steps};
 use crate::engine::reasons::Why;
 use crate::engine::{EngineConfig, Inputs, Pressure, Prior, Size, VmState};
-use crate::personas::{Persona, Week};
+use crate::profile::personas::{Persona, Week};
 
 /// The uniform mixture of the personas' weekly p95 (cpu, memory) shapes.
 pub fn mixture_shape(personas: &[Persona]) -> Option<(Week, Week)> {

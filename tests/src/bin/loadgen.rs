@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::Method;
-use persona_coordinator::ctl::Client;
+use persona_coordinator::cli::client::Client;
 use persona_shared::codec;
 use persona_shared::metrics::{self, MetricDef};
 use persona_shared::protocol::{self, AgentMsg, Batch, CoordMsg, EnrollRequest, Hello};

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use persona_agent::config::AgentConfig;
-use persona_coordinator::server::ServerSettings;
+use persona_coordinator::ServerSettings;
 use persona_coordinator::{ServeOptions, start};
 use serde_json::json;
 
@@ -118,7 +118,7 @@ fn main() {
         )
         .await
         .expect("coordinator");
-        let (token, _) = coord.shared.store.create_token(60_000, 1).expect("token");
+        let (token, _) = coord.app.store.create_token(60_000, 1).expect("token");
         let agent_dir = dir.path().join("agent");
         persona_agent::enroll::enroll(persona_agent::enroll::EnrollOptions {
             coordinator: coord.quic_addr.to_string(),
@@ -152,7 +152,7 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(phase)).await;
         let _ = stop_tx.send(true);
         let r = agent.await.expect("agent task").expect("agent run");
-        let s = &coord.shared.stats;
+        let s = &coord.app.stats;
         let batches = s.batches.load(Ordering::Relaxed);
         let samples = s.samples.load(Ordering::Relaxed);
         let ingest_ns = s.ingest_nanos.load(Ordering::Relaxed);

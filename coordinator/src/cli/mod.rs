@@ -1,0 +1,61 @@
+//! `personactl`'s side of the coordinator crate: the HTTP client (`client`), the global
+//! options ([`Global`]), human tables (`table`) and one file per command group (`agents`,
+//! `tokens`, `commands`, `events`, `profile`, `recommend`, `replay`). It talks to a
+//! running coordinator only over the HTTP API; it never opens the store. The binary
+//! (`src/bin/personactl.rs`) parses the command line and calls one of these.
+
+pub mod agents;
+pub mod client;
+pub mod commands;
+pub mod events;
+pub mod profile;
+pub mod recommend;
+pub mod replay;
+pub mod table;
+pub mod tokens;
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use client::{Client, CtlError};
+
+/// Global options of personactl: where the API is, where the data dir (and its admin
+/// token) is, and whether to print one JSON document instead of text.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub api: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub json: bool,
+}
+
+impl Global {
+    /// The admin API client these options point at.
+    pub fn client(&self) -> Result<Client, CtlError> {
+        Client::discover(self.api.clone(), self.data_dir.clone())
+    }
+}
+
+/// Prints `doc` as JSON with `--json`, else as `human` renders it.
+pub fn emit(g: &Global, doc: &Value, human: impl FnOnce(&Value) -> String) {
+    if g.json {
+        println!("{doc}");
+    } else {
+        print!("{}", human(doc));
+    }
+}
+
+/// "12s ago" for a time in ms, "never" when absent.
+pub fn ago(ms: Option<i64>) -> String {
+    match ms {
+        Some(ms) => {
+            let age = (persona_shared::clock::now_ms() - ms) / 1000;
+            if age < 0 {
+                "just now".into()
+            } else {
+                format!("{age}s ago")
+            }
+        }
+        None => "never".into(),
+    }
+}

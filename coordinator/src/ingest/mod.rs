@@ -1,0 +1,309 @@
+//! The QUIC side of the coordinator: accepts agent connections (mutual TLS, ALPN
+//! `persona/1`), enrolls agents that present a join token, and ingests telemetry
+//! batches, acknowledging each only after it is committed.
+//!
+//! Every stream is handled on its own: a malformed, oversized or unexpected message
+//! closes that stream (or, for an identity problem, that connection) with a reason, is
+//! counted, and is logged at most once per interval per reason. Other agents never notice.
+//! Batches from all connections go through one writer thread that commits them in groups
+//! (one SQLite transaction for many batches), which is what makes a large fleet affordable.
+
+mod enroll;
+pub mod events;
+mod session;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quinn::{RecvStream, SendStream, VarInt};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use persona_shared::protocol::{self, CoordMsg, Reject, RejectCode};
+
+use crate::app::App;
+
+use crate::store;
+use writer::Writer;
+
+/// Errors that stop the server as a whole (per-stream problems never do).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot bind QUIC on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS set-up: {0}")]
+    Tls(String),
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot start the ingest writer thread: {0}")]
+    Writer(std::io::Error),
+}
+
+/// Logs a reason at most once per `every`, with how many were suppressed in between.
+#[derive(Debug)]
+pub(crate) struct LogLimiter {
+    every: Duration,
+    last: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl LogLimiter {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn warn(
+        &self,
+        reason: &'static str,
+        peer: SocketAddr,
+        detail: &dyn std::fmt::Display,
+    ) {
+        let Ok(mut m) = self.last.lock() else { return };
+        let now = Instant::now();
+        match m.get_mut(reason) {
+            Some((t, n)) if now.duration_since(*t) < self.every => *n += 1,
+            Some((t, n)) => {
+                warn!(reason, %peer, suppressed = *n, "refused: {detail}");
+                *t = now;
+                *n = 0;
+            }
+            None => {
+                warn!(reason, %peer, "refused: {detail}");
+                m.insert(reason, (now, 0));
+            }
+        }
+    }
+}
+
+/// Token bucket per source address, so one address cannot flood the handshake path.
+#[derive(Debug)]
+struct ConnLimiter {
+    rate: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl ConnLimiter {
+    fn allow(&self, ip: IpAddr) -> bool {
+        let Ok(mut m) = self.buckets.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        let burst = self.rate * 4.0;
+        if m.len() > 100_000 {
+            m.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
+        }
+        let (tokens, at) = m.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The QUIC side's own state around the `App`: the group-commit writer, the refusal
+/// log limiter and the per-address connection limiter.
+pub struct Ingest {
+    pub app: Arc<App>,
+    writer: Writer,
+    pub(crate) log: LogLimiter,
+    limiter: ConnLimiter,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest").finish_non_exhaustive()
+    }
+}
+
+impl Ingest {
+    /// Whether the group-commit writer thread is still running.
+    pub fn writer_alive(&self) -> bool {
+        self.writer.alive()
+    }
+}
+
+/// The QUIC endpoint for `app`'s settings and CA, and the state `run` serves with.
+pub fn bind(
+    socket: std::net::UdpSocket,
+    app: Arc<App>,
+) -> Result<(quinn::Endpoint, Arc<Ingest>), ServeError> {
+    let listen = socket.local_addr().map_err(|source| ServeError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let tls = app
+        .pki
+        .server_config()
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(32));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    transport.max_idle_timeout(Some(VarInt::from_u32(60_000).into()));
+    cfg.transport_config(Arc::new(transport));
+    let runtime = quinn::default_runtime().ok_or_else(|| ServeError::Bind {
+        addr: listen,
+        source: std::io::Error::other("no async runtime"),
+    })?;
+    let endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(cfg), socket, runtime)
+            .map_err(|source| ServeError::Bind {
+                addr: listen,
+                source,
+            })?;
+    let writer = Writer::spawn(app.clone()).map_err(ServeError::Writer)?;
+    let ingest = Arc::new(Ingest {
+        limiter: ConnLimiter {
+            rate: app.settings.conn_rate_per_ip,
+            buckets: Mutex::new(HashMap::new()),
+        },
+        app,
+        writer,
+        log: LogLimiter::new(Duration::from_secs(10)),
+    });
+    Ok((endpoint, ingest))
+}
+
+/// Serves connections until `shutdown` turns true, then closes the endpoint.
+pub async fn run(endpoint: quinn::Endpoint, ing: Arc<Ingest>, mut shutdown: watch::Receiver<bool>) {
+    let retention = tokio::spawn(retention_loop(ing.clone(), shutdown.clone()));
+    let expiry = tokio::spawn(crate::commands::expiry_loop(
+        ing.app.store.clone(),
+        shutdown.clone(),
+    ));
+    let started = Instant::now();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                ing.app.stats.accept_loop_heartbeat_ms.store(ms, Ordering::Relaxed);
+            }
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let ip = incoming.remote_address().ip();
+                if !ing.limiter.allow(ip) {
+                    ing.app.stats.reject("rate_limited");
+                    ing.log.warn("rate_limited", incoming.remote_address(), &"too many new connections from this address");
+                    incoming.refuse();
+                    continue;
+                }
+                tokio::spawn(handle_connection(incoming, ing.clone()));
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    retention.abort();
+    expiry.abort();
+    endpoint.close(VarInt::from_u32(0), b"coordinator shutting down");
+    // Let in-flight commits finish and their acks go out.
+    let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+}
+
+async fn retention_loop(ing: Arc<Ingest>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let store = ing.app.store.clone();
+        let cutoff = store::now_ms() - ing.app.settings.retention_ms;
+        match tokio::task::spawn_blocking(move || {
+            // Events and belief snapshots age out with the telemetry (events.rs).
+            if let Err(e) = crate::ingest::events::delete_before(&store, cutoff) {
+                warn!("retention of events failed: {e}");
+            }
+            store.delete_before(cutoff)
+        })
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => info!(batches = n, "retention deleted old telemetry"),
+            Ok(Err(e)) => warn!("retention failed: {e}"),
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn classify_handshake(e: &quinn::ConnectionError) -> &'static str {
+    let s = e.to_string().to_ascii_lowercase();
+    if s.contains("application protocol") || s.contains("alpn") {
+        "bad_alpn"
+    } else if s.contains("certificate")
+        || s.contains("unknownca")
+        || s.contains("unknown ca")
+        || s.contains("issuer")
+    {
+        "bad_certificate"
+    } else if s.contains("timed out") {
+        "handshake_timeout"
+    } else {
+        "handshake_failed"
+    }
+}
+
+async fn handle_connection(incoming: quinn::Incoming, ing: Arc<Ingest>) {
+    let peer = incoming.remote_address();
+    let conn = match incoming.accept() {
+        Ok(connecting) => match connecting.await {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = classify_handshake(&e);
+                ing.app.stats.reject(reason);
+                ing.log.warn(reason, peer, &e);
+                return;
+            }
+        },
+        Err(e) => {
+            ing.app.stats.reject("handshake_failed");
+            ing.log.warn("handshake_failed", peer, &e);
+            return;
+        }
+    };
+    let cert = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().cloned());
+    match cert {
+        None => enroll::enrollment(conn, ing).await,
+        Some(cert) => session::agent_session(conn, cert, ing).await,
+    }
+}
+
+/// Reads one frame from a stream, with the frame size bound checked before allocation
+/// (the agent's reader, so both sides enforce the bound identically).
+pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, String> {
+    persona_agent::link::read_frame(recv, max)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+pub(crate) async fn send(send: &mut SendStream, msg: &CoordMsg, max: usize) -> Result<(), String> {
+    let mut buf = Vec::with_capacity(64);
+    protocol::encode_frame(msg, &mut buf, max).map_err(|e| e.to_string())?;
+    send.write_all(&buf).await.map_err(|e| e.to_string())
+}
+
+pub(crate) async fn reject(stream: &mut SendStream, code: RejectCode, message: String, max: usize) {
+    let _ = send(stream, &CoordMsg::Reject(Reject { code, message }), max).await;
+    let _ = stream.finish();
+}
+
+pub(crate) const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the accept loop proves it is turning (see `Stats::accept_loop_heartbeat_ms`).
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);

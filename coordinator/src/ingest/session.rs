@@ -1,0 +1,346 @@
+//! An enrolled agent's connection: the certificate names the agent, then each stream is
+//! one of: the control stream (Hello, then facts, events, command updates and model
+//! status in, Welcome, acks and pushed commands out) or one telemetry batch (checked
+//! without decoding values, committed by the group-commit writer, then acked).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use rustls::pki_types::CertificateDer;
+use tracing::{debug, info, warn};
+
+use persona_shared::protocol::{
+    self, AgentMsg, Batch, CoordMsg, Hello, Reject, RejectCode, Welcome,
+};
+
+use super::{Ingest, STREAM_TIMEOUT, events, read_frame, reject, send};
+use crate::pki;
+use crate::store::{self, IngestItem};
+
+pub(super) async fn agent_session(
+    conn: Connection,
+    cert: CertificateDer<'static>,
+    ing: Arc<Ingest>,
+) {
+    let peer = conn.remote_address();
+    let fp = pki::fingerprint(&cert);
+    let store = ing.app.store.clone();
+    let auth = match tokio::task::spawn_blocking(move || store.agent_by_fingerprint(&fp)).await {
+        Ok(Ok(a)) => a,
+        _ => {
+            conn.close(VarInt::from_u32(1), b"internal error");
+            return;
+        }
+    };
+    let auth = match auth {
+        Some(a) if !a.revoked => a,
+        Some(a) => {
+            ing.app.stats.reject("revoked_agent");
+            ing.log
+                .warn("revoked_agent", peer, &format!("agent {} is revoked", a.id));
+            refuse_streams(&conn, RejectCode::Revoked, "agent revoked", &ing).await;
+            return;
+        }
+        None => {
+            ing.app.stats.reject("unknown_agent");
+            ing.log
+                .warn("unknown_agent", peer, &"certificate of no enrolled agent");
+            refuse_streams(
+                &conn,
+                RejectCode::NotEnrolled,
+                "unknown agent certificate",
+                &ing,
+            )
+            .await;
+            return;
+        }
+    };
+    ing.app.stats.connections.fetch_add(1, Ordering::Relaxed);
+    ing.app.live.add(auth.key, conn.clone());
+    debug!(agent = %auth.id, %peer, "agent connected");
+    loop {
+        match conn.accept_bi().await {
+            Ok((tx, rx)) => {
+                tokio::spawn(handle_stream(tx, rx, auth.clone(), ing.clone(), peer));
+            }
+            Err(e) => {
+                debug!(agent = %auth.id, "connection ended: {e}");
+                break;
+            }
+        }
+    }
+    ing.app.live.remove(auth.key, &conn);
+}
+
+/// Tells a refused agent why on its first stream (a refused client otherwise looks
+/// connected until it exchanges data), then closes the connection.
+async fn refuse_streams(conn: &Connection, code: RejectCode, why: &str, ing: &Ingest) {
+    if let Ok(Ok((mut tx, _rx))) =
+        tokio::time::timeout(Duration::from_secs(5), conn.accept_bi()).await
+    {
+        reject(&mut tx, code, why.to_owned(), ing.app.settings.max_frame).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), tx.stopped()).await;
+    }
+    conn.close(VarInt::from_u32(3), why.as_bytes());
+}
+
+async fn handle_stream(
+    mut tx: SendStream,
+    mut rx: RecvStream,
+    auth: store::AgentAuth,
+    ing: Arc<Ingest>,
+    peer: SocketAddr,
+) {
+    let max = ing.app.settings.max_frame;
+    // A stream must say what it is within the timeout; after Hello the control stream
+    // may stay quiet for as long as the connection lives (the agent writes on it only
+    // when its facts change, and QUIC keep-alives hold the connection).
+    let mut is_control = false;
+    // Commands pushed to this agent on its control stream (after Hello).
+    let mut pushes = None;
+    loop {
+        let next = read_frame(&mut rx, max);
+        let read = if is_control {
+            Ok(crate::commands::read_or_push(next, &mut tx, &mut pushes, max).await)
+        } else {
+            tokio::time::timeout(STREAM_TIMEOUT, next).await
+        };
+        let body = match read {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                // A clean end of the control stream is not an error.
+                if !e.contains("finished early") && !e.contains("closed") && !e.contains("lost") {
+                    let reason = if e.contains("exceeds the maximum") {
+                        "frame_too_large"
+                    } else {
+                        "bad_frame"
+                    };
+                    ing.app.stats.reject(reason);
+                    ing.log.warn(reason, peer, &e);
+                    let code = if reason == "frame_too_large" {
+                        RejectCode::TooLarge
+                    } else {
+                        RejectCode::BadMessage
+                    };
+                    reject(&mut tx, code, e, max).await;
+                    let _ = rx.stop(VarInt::from_u32(4));
+                }
+                return;
+            }
+            Err(_) => return,
+        };
+        ing.app
+            .stats
+            .bytes_received
+            .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+        let msg = match protocol::decode_body::<AgentMsg>(&body) {
+            Ok(m) => m,
+            Err(e) => {
+                ing.app.stats.reject("bad_message");
+                ing.log.warn("bad_message", peer, &e);
+                reject(&mut tx, RejectCode::BadMessage, e.to_string(), max).await;
+                let _ = rx.stop(VarInt::from_u32(4));
+                return;
+            }
+        };
+        match msg {
+            AgentMsg::Hello(h) => {
+                let model_version = h.model_version.clone();
+                if on_hello(&mut tx, h, &auth, &ing).await.is_err() {
+                    return;
+                }
+                is_control = true;
+                let app = &ing.app;
+                pushes = Some(crate::commands::open_session(
+                    app.store.clone(),
+                    app.pki.clone(),
+                    app.commands.clone(),
+                    app.settings.actuators.clone(),
+                    auth.key,
+                    &auth.id,
+                ));
+                // Mirror model pushes ride on the same queue (model_push).
+                pushes = pushes.map(|p| {
+                    crate::model::push::session(
+                        app.store.clone(),
+                        app.commands.clone(),
+                        app.models.subscribe(),
+                        &auth.id,
+                        model_version,
+                        p,
+                    )
+                });
+            }
+            AgentMsg::Facts(f) => {
+                let store = ing.app.store.clone();
+                let facts = serde_json::to_string(&f).ok();
+                let key = auth.key;
+                let _ = tokio::task::spawn_blocking(move || {
+                    store.update_agent(key, facts.as_deref(), None)
+                })
+                .await;
+            }
+            AgentMsg::Batch(b) => {
+                let reply = on_batch(b, &auth, &ing, peer).await;
+                let _ = send(&mut tx, &reply, max).await;
+                let _ = tx.finish();
+                return;
+            }
+            AgentMsg::CommandUpdate(u) => {
+                crate::commands::on_update(&ing.app.store, auth.key, &auth.id, u).await;
+            }
+            AgentMsg::Event(e) => {
+                if events::on_event(&mut tx, e, &auth, &ing.app).await.is_err() {
+                    return;
+                }
+            }
+            AgentMsg::ModelStatus(s) => {
+                crate::model::push::on_status(&ing.app.store, &auth.id, s).await;
+            }
+            AgentMsg::Enroll(_) => {
+                reject(
+                    &mut tx,
+                    RejectCode::BadMessage,
+                    "already enrolled".into(),
+                    max,
+                )
+                .await;
+                return;
+            }
+        }
+    }
+}
+
+async fn on_hello(
+    tx: &mut SendStream,
+    h: Hello,
+    auth: &store::AgentAuth,
+    ing: &Ingest,
+) -> Result<(), ()> {
+    let max = ing.app.settings.max_frame;
+    if h.protocol != protocol::PROTOCOL_VERSION {
+        ing.app.stats.reject("bad_protocol_version");
+        reject(
+            tx,
+            RejectCode::BadMessage,
+            format!("protocol version {} not supported", h.protocol),
+            max,
+        )
+        .await;
+        return Err(());
+    }
+    let store = ing.app.store.clone();
+    let facts = serde_json::to_string(&h.facts).ok();
+    let purpose = h
+        .purpose
+        .as_ref()
+        .and_then(|p| serde_json::to_string(p).ok());
+    let key = auth.key;
+    let committed = tokio::task::spawn_blocking(move || {
+        store.update_agent(key, facts.as_deref(), purpose.as_deref())?;
+        store.committed_seq(key)
+    })
+    .await
+    .map_err(|_| ())?
+    .map_err(|_| ())?;
+    info!(agent = %auth.id, version = %h.agent_version, last_seq = h.last_seq, "agent hello");
+    // The prior for the declared purpose (belief.rs), off the Welcome's path.
+    {
+        let (store, profiler) = (ing.app.store.clone(), ing.app.profiling.clone());
+        let (agent, purpose) = (auth.id.clone(), h.purpose.clone());
+        tokio::task::spawn_blocking(move || {
+            let r = crate::profile::belief::set_prior(
+                &store,
+                Some(&profiler),
+                &agent,
+                purpose.as_ref(),
+            );
+            if let Err(e) = r {
+                warn!(%agent, "cannot store the prior: {e}");
+            }
+        });
+    }
+    let w = CoordMsg::Welcome(Welcome {
+        agent_id: auth.id.clone(),
+        sample_interval_ms: ing.app.settings.sample_interval_ms,
+        batch_interval_s: ing.app.settings.batch_interval_s,
+        committed_seq: committed,
+        server_time_ms: store::now_ms(),
+    });
+    send(tx, &w, max).await.map_err(|_| ())
+}
+
+async fn on_batch(b: Batch, auth: &store::AgentAuth, ing: &Ingest, peer: SocketAddr) -> CoordMsg {
+    let now = store::now_ms();
+    let min = now - ing.app.settings.retention_ms;
+    let maxt = now + ing.app.settings.max_future_ms;
+    let seq = b.seq;
+    let refuse = |reason: &'static str, code: RejectCode, msg: String| {
+        ing.app.stats.reject(reason);
+        ing.log.warn(
+            reason,
+            peer,
+            &format!("agent {} batch {seq}: {msg}", auth.id),
+        );
+        CoordMsg::Reject(Reject { code, message: msg })
+    };
+    let ts = match b.check_timestamps(store::MAX_POINTS, min, maxt) {
+        Ok(ts) if !ts.is_empty() => ts,
+        Ok(_) => {
+            return refuse(
+                "bad_timestamps",
+                RejectCode::BadTimestamps,
+                "empty batch".into(),
+            );
+        }
+        Err(e) => return refuse("bad_timestamps", RejectCode::BadTimestamps, e.to_string()),
+    };
+    // Structure only: every block must exist and declare exactly one point per
+    // timestamp; the values themselves stay encoded.
+    for s in b.series() {
+        match s {
+            Ok(s) => {
+                let mut pos = 0;
+                if persona_shared::varint::get(s.block, &mut pos) != Some(ts.len() as u64) {
+                    return refuse(
+                        "bad_message",
+                        RejectCode::BadMessage,
+                        format!("block of metric {} has the wrong point count", s.metric),
+                    );
+                }
+            }
+            Err(e) => return refuse("bad_message", RejectCode::BadMessage, e.to_string()),
+        }
+    }
+    let (start_ms, end_ms) = (ts[0], ts[ts.len() - 1]);
+    let mirror = b.mirror.clone();
+    let item = IngestItem {
+        agent_key: auth.key,
+        start_ms,
+        end_ms,
+        points: ts.len(),
+        batch: b,
+    };
+    match ing.writer.commit(item).await {
+        Ok(duplicate) => {
+            // Beliefs (belief.rs) learn from the mirror report after the commit, without
+            // holding up the ack.
+            if let Some(m) = mirror.filter(|_| !duplicate) {
+                let (store, agent) = (ing.app.store.clone(), auth.id.clone());
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = crate::profile::belief::on_mirror(&store, &agent, &m) {
+                        warn!(%agent, "cannot update the persona beliefs: {e}");
+                    }
+                });
+            }
+            CoordMsg::Ack { seq, duplicate }
+        }
+        Err(e) => CoordMsg::Reject(Reject {
+            code: RejectCode::Internal,
+            message: e.to_string(),
+        }),
+    }
+}

@@ -1,0 +1,328 @@
+//! The coordinator's small certificate authority: it creates, on first start, a CA and
+//! a server certificate signed by it, and later signs each enrolling agent's public key
+//! into a client certificate. Agents pin the CA by the SHA-256 of its DER (kubeadm's
+//! `--discovery-token-ca-cert-hash` idea), so no secret is baked into VM images.
+//! Revocation is not done with CRLs: the store keeps each agent certificate's
+//! fingerprint, and the server refuses revoked or unknown fingerprints after the handshake.
+
+pub mod signing;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SignatureAlgorithm,
+};
+use ring::digest;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use persona_shared::protocol::{ALPN, SERVER_NAME};
+
+const CA_CN: &str = "Persona coordinator CA";
+/// Agent certificates live a year; the agent re-enrolls (or a later release renews).
+const AGENT_CERT_DAYS: i64 = 365;
+
+/// Errors of the certificate authority.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("TLS configuration failed: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("agent public key rejected: {0}")]
+    BadPublicKey(String),
+    #[error("client verifier: {0}")]
+    Verifier(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes a file readable only by its owner, atomically (temp file then rename).
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(contents).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// SHA-256 of a DER certificate, lower-case hex.
+pub fn fingerprint(der: &[u8]) -> String {
+    hex(digest::digest(&digest::SHA256, der).as_ref())
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Random bytes as hex, for tokens.
+pub fn random_hex(n: usize) -> Result<String, PkiError> {
+    use ring::rand::SecureRandom;
+    let mut buf = vec![0u8; n];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| PkiError::BadPublicKey("system random unavailable".into()))?;
+    Ok(hex(&buf))
+}
+
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_CN);
+    dn.push(DnType::OrganizationName, "Persona");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::days(1);
+    p.not_after = now + time::Duration::days(3650);
+    p
+}
+
+/// An agent's raw public key as sent in EnrollRequest.
+struct AgentKey(Vec<u8>);
+
+impl PublicKeyData for AgentKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// The loaded CA and server identity.
+pub struct Pki {
+    ca_key: KeyPair,
+    ca_der: CertificateDer<'static>,
+    pub ca_pem: String,
+    server_chain: Vec<CertificateDer<'static>>,
+    server_key_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("ca_hash", &self.ca_hash())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pki {
+    /// Loads the CA from `dir`, creating the CA and server certificate on first start.
+    pub fn load_or_create(dir: &Path) -> Result<Self, PkiError> {
+        let ca_key_path = dir.join("ca.key");
+        let ca_pem_path = dir.join("ca.pem");
+        if !ca_key_path.exists() {
+            let key = KeyPair::generate()?;
+            let cert = ca_params().self_signed(&key)?;
+            write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
+            write_private(&ca_pem_path, cert.pem().as_bytes())?;
+        }
+        let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
+        let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| PkiError::Parse {
+            path: ca_key_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let ca_pem = fs::read_to_string(&ca_pem_path).map_err(io_err(&ca_pem_path))?;
+        let ca_der =
+            CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| PkiError::Parse {
+                path: ca_pem_path.clone(),
+                reason: e.to_string(),
+            })?;
+
+        let srv_key_path = dir.join("server.key");
+        let srv_pem_path = dir.join("server.pem");
+        if !srv_key_path.exists() || !srv_pem_path.exists() {
+            let key = KeyPair::generate()?;
+            let mut p =
+                CertificateParams::new(vec![SERVER_NAME.to_string(), "localhost".to_string()])?;
+            p.distinguished_name = DistinguishedName::new();
+            p.distinguished_name.push(DnType::CommonName, SERVER_NAME);
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            p.use_authority_key_identifier_extension = true;
+            let now = time::OffsetDateTime::now_utc();
+            p.not_before = now - time::Duration::days(1);
+            p.not_after = now + time::Duration::days(3650);
+            let cert = p.signed_by(&key, &Issuer::new(ca_params(), &ca_key))?;
+            write_private(&srv_key_path, key.serialize_pem().as_bytes())?;
+            write_private(&srv_pem_path, cert.pem().as_bytes())?;
+        }
+        let srv_pem = fs::read(&srv_pem_path).map_err(io_err(&srv_pem_path))?;
+        let srv_der = CertificateDer::from_pem_slice(&srv_pem).map_err(|e| PkiError::Parse {
+            path: srv_pem_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let srv_key = fs::read(&srv_key_path).map_err(io_err(&srv_key_path))?;
+        let srv_key_der = PrivateKeyDer::from_pem_slice(&srv_key).map_err(|e| PkiError::Parse {
+            path: srv_key_path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            ca_key,
+            server_chain: vec![srv_der, ca_der.clone()],
+            ca_der,
+            ca_pem,
+            server_key_der: srv_key_der.secret_der().to_vec(),
+        })
+    }
+
+    /// The pin agents check: `sha256:` and the hex SHA-256 of the CA certificate's DER.
+    pub fn ca_hash(&self) -> String {
+        format!("sha256:{}", fingerprint(&self.ca_der))
+    }
+
+    /// Signs an agent's public key into a client certificate whose CN is the agent id.
+    /// Returns the PEM and the certificate's fingerprint.
+    pub fn sign_agent(
+        &self,
+        agent_id: &str,
+        public_key: &[u8],
+    ) -> Result<(String, String), PkiError> {
+        // An uncompressed P-256 point: 0x04 || X || Y. Anything else cannot be our agent.
+        if public_key.len() != 65 || public_key.first() != Some(&0x04) {
+            return Err(PkiError::BadPublicKey(format!(
+                "expected a 65-byte uncompressed P-256 point, got {} bytes",
+                public_key.len()
+            )));
+        }
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, agent_id);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = now + time::Duration::days(AGENT_CERT_DAYS);
+        let cert = p.signed_by(
+            &AgentKey(public_key.to_vec()),
+            &Issuer::new(ca_params(), &self.ca_key),
+        )?;
+        Ok((cert.pem(), fingerprint(cert.der())))
+    }
+
+    /// Signs `msg` with the CA key, for commands (see `signing`): agents already pin this
+    /// CA, so a command needs no other trust anchor.
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, crate::pki::signing::SigningError> {
+        crate::pki::signing::sign_pkcs8(&self.ca_key.serialize_der(), msg)
+    }
+
+    /// TLS 1.3 server configuration for QUIC: our chain, ALPN `persona/1`, and client
+    /// certificates verified against our CA but optional, because enrolling agents have none.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone())?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Verifier(e.to_string()))?;
+        let key = PrivateKeyDer::try_from(self.server_key_der.clone())
+            .map_err(|e| PkiError::Verifier(e.to_string()))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.server_chain.clone(), key)?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn creates_once_then_reloads_the_same_ca_with_private_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Pki::load_or_create(dir.path()).unwrap();
+        let b = Pki::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.ca_hash(), b.ca_hash());
+        assert!(a.ca_hash().starts_with("sha256:") && a.ca_hash().len() == 7 + 64);
+        for f in ["ca.key", "ca.pem", "server.key", "server.pem"] {
+            let mode = fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        a.server_config().unwrap();
+    }
+
+    #[test]
+    fn signs_agent_keys_and_refuses_junk() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let (pem, fp) = pki.sign_agent("a-1", key.public_key_raw()).unwrap();
+        assert!(pem.contains("BEGIN CERTIFICATE"));
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(fingerprint(&der), fp);
+        // The certificate verifies as a client certificate against our CA.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca_der.clone()).unwrap();
+        let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        v.verify_client_cert(&der, &[], rustls::pki_types::UnixTime::now())
+            .unwrap();
+        assert!(pki.sign_agent("a-2", &[4; 10]).is_err());
+        // An agent certificate past its validity is refused by the same verifier.
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "a-old");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::days(400);
+        p.not_after = now - time::Duration::days(35);
+        let old = p
+            .signed_by(&key, &Issuer::new(ca_params(), &pki.ca_key))
+            .unwrap();
+        let err = v
+            .verify_client_cert(old.der(), &[], rustls::pki_types::UnixTime::now())
+            .unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("expired"), "{err}");
+        assert!(pki.sign_agent("a-2", &[3; 65]).is_err());
+    }
+}

@@ -1,0 +1,226 @@
+//! The coordinator's database, and the only code that speaks SQL.
+//!
+//! What it is for: every table of the coordinator (`persona.db`) and every operation on
+//! them, one file per area: [`schema`] (the tables as one ordered list of migrations),
+//! `telemetry` (batches, series, latest values, retention), `procs` (the process list
+//! kept with each batch), `agents`, `tokens` (join tokens and enrollment), `commands`
+//! (the command channel's state machine rows), `events`, `beliefs` (persona beliefs,
+//! their history and the observed feedback examples), `models` (the mirror model
+//! registry and what each agent runs), `engine` (the configuration engine's per-VM
+//! settings) and `personas` (the persona database and operator feedback).
+//!
+//! The operations take and return the project's own types; no connection, statement
+//! or SQLite type leaves this module, and each operation runs its own transaction where
+//! it needs one, so a second backend (PostgreSQL) can implement the same operations.
+//! [`StoreError`] is the one error of the store; features wrap it.
+//!
+//! Telemetry is stored as received: one row per batch (primary key agent and sequence
+//! number, so a resent batch is recognised and not stored twice) holding the timestamp
+//! block, the series index and the concatenated value blocks. The series index inside
+//! the row locates each metric's block, and the (agent, end time) index finds the rows of
+//! a time range, so a query slices out the one block it needs and decodes only that.
+//! Nothing is decoded on ingest. WAL mode with `synchronous=NORMAL` makes a commit
+//! durable against a crash of the process (SIGKILL), which is what the ack promises.
+//!
+//! What it is not: the rules of any feature (the state machine, the belief formula,
+//! persona validation): the features decide, the store keeps.
+
+pub mod schema;
+
+mod agents;
+mod beliefs;
+mod commands;
+mod engine;
+mod events;
+mod models;
+mod personas;
+mod procs;
+mod telemetry;
+mod tokens;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+pub use agents::{AgentAuth, AgentInfo};
+pub use beliefs::{BeliefRecord, BeliefSnapshot, BeliefWrite, FeedbackExample, FeedbackLabel};
+pub use commands::{CommandProgress, CommandRow, NewCommand, PendingCommand};
+pub use engine::{EngineVm, EngineVmBounds, EngineVmSettings, EngineVmSummary};
+pub use events::StoredEvent;
+pub use models::{AgentModel, MirrorModelRow, NewMirrorModel};
+pub use personas::{Feedback, ImportReport, PersonaRecord};
+pub use telemetry::{IngestItem, Latest, MAX_POINTS};
+pub use tokens::{TokenInfo, TokenRefusal};
+
+/// What the database itself said, whichever backend it is (today SQLite). Its text is
+/// the backend's message.
+#[derive(Debug)]
+pub struct DbError(rusqlite::Error);
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for DbError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self(e)
+    }
+}
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open { path: PathBuf, source: DbError },
+    #[error("cannot create the database file {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database schema migration {version} ({name}) failed: {source}")]
+    Migrate {
+        version: u32,
+        name: &'static str,
+        source: DbError,
+    },
+    #[error("database query failed ({context}): {source}")]
+    Sql {
+        context: &'static str,
+        source: DbError,
+    },
+    #[error("a lock on the database was poisoned by a panic")]
+    Poisoned,
+    #[error("stored batch {seq} of agent {agent} is corrupt: {reason}")]
+    Corrupt {
+        agent: String,
+        seq: u64,
+        reason: String,
+    },
+    #[error("stored {what} {key} is corrupt: {reason}")]
+    CorruptRow {
+        what: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("cannot encode {what} for the database: {reason}")]
+    Encode { what: &'static str, reason: String },
+    #[error("random source failed: {0}")]
+    Random(String),
+}
+
+fn sql(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sql {
+        context,
+        source: DbError(source),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Lower-case hex of bytes.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// `n` random bytes as hex (token ids and secrets).
+fn random_hex(n: usize) -> Result<String, StoreError> {
+    use ring::rand::SecureRandom;
+    let mut buf = vec![0u8; n];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| StoreError::Random("system random unavailable".into()))?;
+    Ok(hex(&buf))
+}
+
+/// The database, with one connection for writes and one for reads (WAL lets them run
+/// side by side).
+#[derive(Debug)]
+pub struct Store {
+    write: Mutex<Connection>,
+    read: Mutex<Connection>,
+}
+
+/// Opens one connection in WAL mode. (To be replaced by the shared SQLite WAL helper of
+/// persona-shared once it exists.)
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let c = Connection::open(path).map_err(|source| StoreError::Open {
+        path: path.to_owned(),
+        source: DbError(source),
+    })?;
+    c.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(sql("busy_timeout"))?;
+    c.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sql("journal_mode"))?;
+    c.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(sql("synchronous"))?;
+    Ok(c)
+}
+
+/// Creates an empty file readable only by its owner, unless it exists.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => f.sync_all().map_err(|source| StoreError::Create {
+            path: path.to_owned(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Create {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed, readable only by its owner) the database at `path` and
+    /// brings its schema up to date ([`schema::MIGRATIONS`]).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            create_private(path)?;
+        }
+        let mut write = open_conn(path)?;
+        schema::apply(&mut write)?;
+        let read = open_conn(path)?;
+        Ok(Self {
+            write: Mutex::new(write),
+            read: Mutex::new(read),
+        })
+    }
+
+    /// The writer (for this module's operations only).
+    fn w(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        self.write.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// The reader (for this module's operations only).
+    fn r(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        self.read.lock().map_err(|_| StoreError::Poisoned)
+    }
+}
