@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fileserver;
+pub mod layers;
 pub mod load;
 
 use std::net::SocketAddr;
