@@ -8,8 +8,9 @@
 //!   stand-in `apt-get` scripts from a directory given to the helper the way its
 //!   `--package-program-dir` flag does (the caller can never choose a program);
 //! - the agent's pre-load goes through the helper (`Installer::Helper`);
-//! - a real `apt-get install` of GNU hello through the helper, when root and the Debian
-//!   registry are available (otherwise it says why and skips).
+//! - a real `apt-get install` of GNU hello through the helper, and one by the agent's
+//!   own pre-load (no helper), when root and the Debian registry are available (otherwise
+//!   they say why and skip).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,9 @@ use persona_agent::policy::Policy;
 use persona_agent::preload::packages::{Installer, Manager};
 use persona_agent::preload::{self, packages};
 use persona_shared::command::{PackageManager, PreloadPlan, PreloadStep};
+
+#[path = "support/real_apt.rs"]
+mod real_apt;
 
 /// Starts a helper on a socket in `dir` with this policy text, deadline and program dir.
 fn helper(dir: &Path, policy: &str, timeout: Duration, programs: Option<PathBuf>) -> PathBuf {
@@ -269,62 +273,14 @@ fn the_agents_preload_installs_through_the_helper() {
 /// A real `apt-get install` of GNU hello (about 50 KB) through the helper.
 #[test]
 fn a_real_apt_install_runs_through_the_helper_when_root_and_the_registry_are_available() {
-    if !packages::is_root() {
-        eprintln!("skipped: apt-get install needs root");
-        return;
-    }
-    let (Ok(apt), Ok(apt_cache)) = (
-        packages::find_program("apt-get"),
-        packages::find_program("apt-cache"),
-    ) else {
-        eprintln!("skipped: no apt-get on this machine");
-        return;
-    };
     let never = AtomicBool::new(false);
-    let candidate = || {
-        packages::run(
-            &apt_cache,
-            &["policy", "--", "hello"],
-            &[],
-            Duration::from_secs(60),
-            &never,
-        )
-        .is_ok_and(|s| s.contains("Candidate:") && !s.contains("Candidate: (none)"))
+    let _turn = match real_apt::hello_ready(&never) {
+        Ok(turn) => turn,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
     };
-    if !candidate() {
-        if let Err(e) = packages::run(
-            &apt,
-            &["update", "-q", "-o", "DPkg::Lock::Timeout=600"],
-            &[],
-            Duration::from_secs(300),
-            &never,
-        ) {
-            eprintln!("skipped: the Debian registry is not reachable (apt-get update: {e})");
-            return;
-        }
-        if !candidate() {
-            eprintln!("skipped: no installable candidate for `hello` in the package lists");
-            return;
-        }
-    }
-    if packages::apt_present("hello", &never) {
-        packages::run(
-            &apt,
-            &[
-                "remove",
-                "-y",
-                "-q",
-                "-o",
-                "DPkg::Lock::Timeout=600",
-                "--",
-                "hello",
-            ],
-            &[("DEBIAN_FRONTEND", "noninteractive")],
-            Duration::from_secs(300),
-            &never,
-        )
-        .expect("remove hello first");
-    }
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = helper(
         dir.path(),
@@ -336,4 +292,47 @@ fn a_real_apt_install_runs_through_the_helper_when_root_and_the_registry_are_ava
     assert!(r.ok, "{r:?}");
     assert_eq!(r.exit_code, Some(0), "{r:?}");
     assert!(packages::apt_present("hello", &never));
+}
+
+/// A real `apt-get install` of GNU hello through a plan the agent runs itself (no
+/// helper), then the same plan again, which finds it present.
+#[test]
+fn a_real_apt_install_runs_when_root_and_the_registry_are_available() {
+    let never = AtomicBool::new(false);
+    let _turn = match real_apt::hello_ready(&never) {
+        Ok(turn) => turn,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let run = |steps: Vec<PreloadStep>, pol: &Policy| {
+        let plan = PreloadPlan {
+            persona: None,
+            steps,
+        };
+        preload::run(&plan, pol, &mut |_| {}, &never)
+    };
+    let mut pol = Policy::deny_all();
+    pol.packages.apt = true;
+    let step = PreloadStep::Package {
+        manager: PackageManager::Apt,
+        name: "hello".into(),
+        version: None,
+    };
+    match run(vec![step.clone()], &pol) {
+        Ok(r) => assert_eq!(r.steps[0].1, preload::Outcome::Installed),
+        Err(e)
+            if e.to_string().contains("Could not resolve")
+                || e.to_string().contains("Failed to fetch") =>
+        {
+            eprintln!("skipped: the Debian registry is not reachable: {e}");
+            return;
+        }
+        Err(e) => panic!("apt-get install hello failed: {e}"),
+    }
+    assert!(Path::new("/usr/bin/hello").exists());
+    assert!(packages::apt_present("hello", &never));
+    let r = run(vec![step], &pol).expect("the plan again");
+    assert_eq!(r.steps[0].1, preload::Outcome::Skipped);
 }

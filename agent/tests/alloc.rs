@@ -6,79 +6,16 @@
 //! scan, and of one that does not:
 //!
 //! `cargo test --release -p persona-agent --test alloc -- --nocapture`
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use persona_agent::collect::{CollectConfig, Collector};
 use persona_shared::sample::Sample;
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static BYTES: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    // const-initialised and without a destructor, so reading it never allocates.
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn note(size: usize) {
-    if COUNTING.with(Cell::get) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(size as u64, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so
-// `System`'s guarantees (alignment, size, ownership of the returned blocks) hold; the
-// only addition is counting in atomics and a const thread-local, neither of which
-// allocates or unwinds.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: as above.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{Measured, measure};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations (count, bytes) and time of `f` on this thread.
-fn measure(f: impl FnOnce()) -> (u64, u64, Duration) {
-    let (a0, b0) = (
-        ALLOCS.load(Ordering::Relaxed),
-        BYTES.load(Ordering::Relaxed),
-    );
-    let t = Instant::now();
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    let d = t.elapsed();
-    (
-        ALLOCS.load(Ordering::Relaxed) - a0,
-        BYTES.load(Ordering::Relaxed) - b0,
-        d,
-    )
-}
+static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
 
 fn collector(process_every: u32) -> Collector {
     Collector::new(CollectConfig {
@@ -102,7 +39,11 @@ fn steady_state_tick_does_not_allocate_and_scan_cost_is_reported() {
     }
     const N: u32 = 50;
     let mut reports = Vec::with_capacity(N as usize);
-    let (allocs, bytes, took) = measure(|| {
+    let Measured {
+        allocs,
+        bytes,
+        took,
+    } = measure(|| {
         for _ in 0..N {
             reports.push(tick(&mut c, &mut s));
         }
@@ -122,7 +63,11 @@ fn steady_state_tick_does_not_allocate_and_scan_cost_is_reported() {
     for _ in 0..3 {
         tick(&mut c, &mut s);
     }
-    let (allocs, bytes, took) = measure(|| {
+    let Measured {
+        allocs,
+        bytes,
+        took,
+    } = measure(|| {
         assert!(tick(&mut c, &mut s).procs_scanned);
     });
     let procs = std::fs::read_dir("/proc")

@@ -4,11 +4,6 @@
 //! process lists, and spike above a pressure threshold every other tick (breached, but
 //! never long enough to raise). Then one sustained spike proves that raising an event is
 //! where allocation happens. Real `/proc` samples are fed too, after the synthetic run.
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use persona_agent::collect::{CollectConfig, Collector};
 use persona_agent::detect::{DetectConfig, Detector, TickExtra};
@@ -16,46 +11,15 @@ use persona_shared::facts::HostFacts;
 use persona_shared::metrics::{disk, host, nic};
 use persona_shared::sample::{DiskValues, NicValues, ProcEntry, Sample};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: every method forwards to `System` unchanged; counting uses an atomic and a
-// const thread-local, neither of which allocates or unwinds.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
 
+/// Allocations made by `f` on this thread.
 fn counted(f: impl FnOnce()) -> u64 {
-    let a0 = ALLOCS.load(Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    ALLOCS.load(Ordering::Relaxed) - a0
+    counting_alloc::measure(f).allocs
 }
 
 fn sample(k: i64) -> Sample {

@@ -3,11 +3,6 @@
 //! allocator wraps the system one; only this thread's allocations while counting are
 //! counted. (Inference, once per window step, allocates its small tensors; it is not
 //! part of the tick.)
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use persona_agent::mirror::MirrorRunner;
 use persona_agent::model_store::ModelHandle;
@@ -15,40 +10,11 @@ use persona_shared::metrics::{disk, host, nic};
 use persona_shared::sample::{NicValues, ProcEntry, Sample};
 use persona_shared::window::WindowConfig;
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the
-// only addition is a relaxed atomic add and a const thread-local read, neither of which
-// allocates or unwinds.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded unchanged.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System` through this allocator with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
 
 fn fill(s: &mut Sample, i: i64) {
     s.ts_ms = 1_700_000_000_000 + i * 1000;
@@ -92,17 +58,16 @@ fn window_push_and_process_lists_do_not_allocate() {
         r.on_sample(&s);
         r.on_sample_procs(&s);
     }
-    let before = ALLOCS.load(Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    for i in 2000..4000 {
-        fill(&mut s, i);
-        r.on_sample(&s);
-        if i % 5 == 0 {
-            r.on_sample_procs(&s);
+    let n = counting_alloc::measure(|| {
+        for i in 2000..4000 {
+            fill(&mut s, i);
+            r.on_sample(&s);
+            if i % 5 == 0 {
+                r.on_sample_procs(&s);
+            }
         }
-    }
-    COUNTING.with(|c| c.set(false));
-    let n = ALLOCS.load(Ordering::Relaxed) - before;
+    })
+    .allocs;
     assert_eq!(n, 0, "{n} allocations in 2000 ticks");
     // The window is really in use: a vector comes out and the model answers.
     assert!(r.features().iter().any(|&x| x != 0.0));

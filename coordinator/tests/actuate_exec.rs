@@ -20,21 +20,7 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 
 /// A fake cloud CLI that keeps the VM's vCPU count in a state file: `apply` writes the
 /// requested count, `query` reports it.
-const CLI: &str = r#"state="$(dirname "$0")/vcpus"
-input=$(cat)
-op=$(printf '%s' "$input" | sed -n 's/.*"op":"\([a-z]*\)".*/\1/p')
-case "$op" in
-  apply)
-    v=$(printf '%s' "$input" | sed -n 's/.*"vcpus":\([0-9]*\).*/\1/p')
-    printf '%s' "$v" > "$state"
-    printf '{"applied":["instance resized to %s vCPUs"],"observed_vcpus":%s}' "$v" "$v"
-    ;;
-  query)
-    printf '{"vcpus":%s,"max_vcpus":64}' "$(cat "$state" 2>/dev/null || echo 2)"
-    ;;
-  *) echo "unknown op $op" >&2; exit 2 ;;
-esac
-"#;
+const CLI: &str = include_str!("fixtures/cloud-cli.sh");
 
 fn resize(vcpus: u32) -> ResizeRequest {
     ResizeRequest {

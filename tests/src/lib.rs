@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fileserver;
+pub mod layers;
 pub mod load;
 
 use std::net::SocketAddr;
@@ -169,6 +170,83 @@ impl Coord {
         self.ctl(&["status"])
     }
 
+    /// `persona-agent enroll` against this coordinator into `state_dir`, not yet run:
+    /// the caller adds flags (`--json`) and runs it.
+    pub fn enroll_command(&self, state_dir: &Path, token: &str, ca_hash: &str) -> Command {
+        let mut c = Command::new(bin("persona-agent"));
+        c.args([
+            "enroll",
+            "--coordinator",
+            &self.quic.to_string(),
+            "--token",
+            token,
+            "--ca-hash",
+            ca_hash,
+        ])
+        .arg("--state-dir")
+        .arg(state_dir);
+        c
+    }
+
+    /// Waits (60 s at most) until `personactl agents list` shows `agent` connected.
+    pub fn wait_connected(&self, agent: &str) {
+        wait_for(Duration::from_secs(60), "agent connected", || {
+            let v = self.ctl(&["agents", "list"]);
+            v["agents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["id"] == agent && a["state"] == "connected")
+                .then_some(())
+        });
+    }
+
+    /// `personactl commands send --agent AGENT --action ACTION [--ttl TTL]`; returns the
+    /// command id.
+    pub fn send_command(&self, agent: &str, action: &Value, ttl: Option<&str>) -> String {
+        let action = action.to_string();
+        let mut args = vec!["commands", "send", "--agent", agent, "--action", &action];
+        if let Some(ttl) = ttl {
+            args.extend(["--ttl", ttl]);
+        }
+        let v = self.ctl(&args);
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    /// `personactl commands show ID`.
+    pub fn command(&self, id: &str) -> Value {
+        self.ctl(&["commands", "show", id])
+    }
+
+    /// Waits (60 s at most) until command `id` is in one of `states`; returns it.
+    pub fn wait_command(&self, id: &str, states: &[&str]) -> Value {
+        wait_for(
+            Duration::from_secs(60),
+            &format!("command {id} in {states:?}"),
+            || {
+                let v = self.command(id);
+                states
+                    .contains(&v["state"].as_str().unwrap_or(""))
+                    .then_some(v)
+            },
+        )
+    }
+
+    /// `personactl model train --only mirror --mirror-windows 15 --seed SEED`: a small
+    /// mirror model, trained and stored; returns the command's document.
+    pub fn train_mirror(&self, seed: &str) -> Value {
+        self.ctl(&[
+            "model",
+            "train",
+            "--only",
+            "mirror",
+            "--mirror-windows",
+            "15",
+            "--seed",
+            seed,
+        ])
+    }
+
     pub fn kill(&mut self) {
         kill9(&mut self.child);
     }
@@ -192,18 +270,8 @@ impl Agent {
     /// Runs `persona-agent enroll` and returns the agent (not yet running).
     pub fn enroll(dir: &Path, name: &str, coord: &Coord, token: &str, ca_hash: &str) -> Agent {
         let state_dir = dir.join(name);
-        let out = Command::new(bin("persona-agent"))
-            .args([
-                "enroll",
-                "--coordinator",
-                &coord.quic.to_string(),
-                "--token",
-                token,
-                "--ca-hash",
-                ca_hash,
-            ])
-            .arg("--state-dir")
-            .arg(&state_dir)
+        let out = coord
+            .enroll_command(&state_dir, token, ca_hash)
             .arg("--json")
             .output()
             .unwrap();
@@ -248,6 +316,28 @@ impl Agent {
                 .spawn()
                 .unwrap(),
         );
+    }
+
+    /// The agent's local policy file (`<state_dir>.policy.toml`).
+    pub fn policy_path(&self) -> PathBuf {
+        self.state_dir.with_extension("policy.toml")
+    }
+
+    /// Replaces the policy file's text (the agent re-reads it for every command).
+    pub fn set_policy(&self, text: &str) {
+        std::fs::write(self.policy_path(), text).unwrap();
+    }
+
+    /// Writes the policy file and points the agent's config at it (once, before start).
+    pub fn write_policy(&self, text: &str) {
+        let policy = self.policy_path();
+        std::fs::write(&policy, text).unwrap();
+        let cfg = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(
+            &self.config,
+            format!("policy_file = {:?}\n{cfg}", policy.display().to_string()),
+        )
+        .unwrap();
     }
 
     pub fn kill(&mut self) {

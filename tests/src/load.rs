@@ -214,11 +214,7 @@ impl Load {
                         Ok(n) => {
                             ctl.work.fetch_add(n as u64, Ordering::Relaxed);
                         }
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) => {}
+                        Err(e) if timed_out(&e) => {}
                         Err(_) => return,
                     }
                 }
@@ -245,11 +241,7 @@ impl Load {
                             sent += n as u64;
                             ctl.bytes.fetch_add(n as u64, Ordering::Relaxed);
                         }
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) => {}
+                        Err(e) if timed_out(&e) => {}
                         Err(_) => return,
                     }
                 }
@@ -297,6 +289,14 @@ impl Drop for Load {
     fn drop(&mut self) {
         self.halt();
     }
+}
+
+/// A socket read or write that ran into its timeout (the loop checks `running` again).
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// MemAvailable and MemTotal from `/proc/meminfo`, in bytes.

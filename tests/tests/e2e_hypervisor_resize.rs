@@ -6,27 +6,12 @@
 //! have run it.
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
 
-use persona_tests::{Agent, Coord, wait_for};
+use persona_tests::{Agent, Coord};
 
-/// A fake cloud CLI keeping the VM's vCPU count in a state file beside it.
-const CLI: &str = r#"#!/bin/sh
-state="$(dirname "$0")/vcpus"
-input=$(cat)
-op=$(printf '%s' "$input" | sed -n 's/.*"op":"\([a-z]*\)".*/\1/p')
-case "$op" in
-  apply)
-    v=$(printf '%s' "$input" | sed -n 's/.*"vcpus":\([0-9]*\).*/\1/p')
-    printf '%s' "$v" > "$state"
-    printf '{"applied":["instance resized to %s vCPUs"],"observed_vcpus":%s}' "$v" "$v"
-    ;;
-  query)
-    printf '{"vcpus":%s,"max_vcpus":64}' "$(cat "$state" 2>/dev/null || echo 2)"
-    ;;
-  *) echo "unknown op $op" >&2; exit 2 ;;
-esac
-"#;
+/// A fake cloud CLI keeping the VM's vCPU count in a state file beside it (the one
+/// coordinator/tests/actuate_exec.rs drives directly).
+const CLI: &str = include_str!("../../coordinator/tests/fixtures/cloud-cli.sh");
 
 #[test]
 fn hypervisor_resize_runs_in_the_coordinator_and_is_verified() {
@@ -38,7 +23,7 @@ fn hypervisor_resize_runs_in_the_coordinator_and_is_verified() {
     coord.kill();
 
     let cli = dir.path().join("cloud-cli");
-    std::fs::write(&cli, CLI).unwrap();
+    std::fs::write(&cli, format!("#!/bin/sh\n{CLI}")).unwrap();
     std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
     let cfg = dir.path().join("coordinator.toml");
     std::fs::write(
@@ -53,22 +38,8 @@ fn hypervisor_resize_runs_in_the_coordinator_and_is_verified() {
     let coord = Coord::start(&cdir, 0, 0, &["--config", cfg.to_str().unwrap()]);
     let action = serde_json::json!({"Resize": {"vcpus": 6, "memory_mib": null, "disk": null,
         "net": null, "allow_restart": false}});
-    let v = coord.ctl(&[
-        "commands",
-        "send",
-        "--agent",
-        &agent.id,
-        "--action",
-        &action.to_string(),
-        "--ttl",
-        "5m",
-    ]);
-    let id = v["id"].as_str().unwrap().to_owned();
-    let done = wait_for(Duration::from_secs(60), "resize finished", || {
-        let c = coord.ctl(&["commands", "show", &id]);
-        let s = c["state"].as_str().unwrap_or("").to_owned();
-        matches!(s.as_str(), "succeeded" | "failed" | "expired").then_some(c)
-    });
+    let id = coord.send_command(&agent.id, &action, Some("5m"));
+    let done = coord.wait_command(&id, &["succeeded", "failed", "expired"]);
     assert_eq!(done["state"], "succeeded", "{done}");
     assert!(
         done["message"].as_str().unwrap_or("").contains("verified"),

@@ -128,16 +128,7 @@ fn agent_model(coord: &Coord, id: &str) -> Value {
 }
 
 fn train(coord: &Coord, seed: &str) -> String {
-    let v = coord.ctl(&[
-        "model",
-        "train",
-        "--only",
-        "mirror",
-        "--mirror-windows",
-        "15",
-        "--seed",
-        seed,
-    ]);
+    let v = coord.train_mirror(seed);
     let version = v["mirror"]["report"]["version"]
         .as_str()
         .unwrap()
@@ -153,19 +144,6 @@ fn train(coord: &Coord, seed: &str) -> String {
         "{v}"
     );
     version
-}
-
-/// Points the agent at a policy that allows signed model updates (the default denies
-/// them, and a push is installed only after its signed `model_update` command ran).
-fn allow_model_updates(agent: &Agent) {
-    let policy = agent.state_dir.with_extension("policy.toml");
-    std::fs::write(&policy, "[actions]\nmodel_update = true\n").unwrap();
-    let cfg = std::fs::read_to_string(&agent.config).unwrap();
-    std::fs::write(
-        &agent.config,
-        format!("policy_file = {:?}\n{cfg}", policy.display().to_string()),
-    )
-    .unwrap();
 }
 
 fn log_of(agent: &Agent) -> String {
@@ -186,7 +164,9 @@ fn pushed_models_are_used_persisted_and_rolled_back() {
     let first = train(&coord, "7");
     let (token, ca) = coord.token(&[]);
     let mut agent = Agent::enroll(dir.path(), "a1", &coord, &token, &ca);
-    allow_model_updates(&agent);
+    // A policy that allows signed model updates (the default denies them, and a push is
+    // installed only after its signed `model_update` command ran).
+    agent.write_policy("[actions]\nmodel_update = true\n");
     agent.start();
 
     // The agent says Hello with the built-in model, gets the trained one and takes it

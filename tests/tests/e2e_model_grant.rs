@@ -18,30 +18,14 @@ use serde_json::Value;
 fn a_push_the_agent_policy_does_not_grant_is_never_installed() {
     let dir = tempfile::tempdir().unwrap();
     let coord = Coord::start(&dir.path().join("coord"), 0, 0, &[]);
-    let trained = coord.ctl(&[
-        "model",
-        "train",
-        "--only",
-        "mirror",
-        "--mirror-windows",
-        "15",
-        "--seed",
-        "5",
-    ])["mirror"]["report"]["version"]
+    let trained = coord.train_mirror("5")["mirror"]["report"]["version"]
         .as_str()
         .unwrap()
         .to_owned();
     let (token, ca) = coord.token(&[]);
     let mut agent = Agent::enroll(dir.path(), "a1", &coord, &token, &ca);
     // A policy that allows something else, but not model updates.
-    let policy = agent.state_dir.with_extension("policy.toml");
-    std::fs::write(&policy, "[actions]\nconfig_update = true\n").unwrap();
-    let cfg = std::fs::read_to_string(&agent.config).unwrap();
-    std::fs::write(
-        &agent.config,
-        format!("policy_file = {:?}\n{cfg}", policy.display().to_string()),
-    )
-    .unwrap();
+    agent.write_policy("[actions]\nconfig_update = true\n");
     agent.start();
 
     let cmd = wait_for(

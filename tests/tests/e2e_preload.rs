@@ -1,7 +1,9 @@
 //! Pre-load with real parts: files fetched from an HTTP server on loopback (right and
 //! wrong checksums, a download interrupted midway and resumed), policy and grammar
-//! refusals, a real `apt-get install` when this machine allows it, and a plan sent by
-//! `personactl preload` through a real coordinator to a real agent over QUIC.
+//! refusals, a real `pip install` when this machine allows it, and a plan sent by
+//! `personactl preload` through a real coordinator to a real agent over QUIC. (The real
+//! `apt-get install` of a plan is in `agent/tests/actuator_install.rs`, beside the one
+//! through the root helper, which shares its preparation.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,6 +17,7 @@ use persona_shared::command::{PackageManager, PreloadPlan, PreloadStep};
 use persona_tests::fileserver::{FileServer, Mode, sha256_hex};
 use persona_tests::{Agent, Coord, wait_for};
 use serde_json::Value;
+use tempfile::TempDir;
 
 fn body(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 % 251) as u8).collect()
@@ -27,6 +30,17 @@ fn policy(srv: &FileServer, dest: &Path) -> Policy {
         dest.display().to_string()
     );
     Policy::parse(&text, Path::new("test-policy.toml")).unwrap()
+}
+
+/// A file server holding `n` bytes at `path`, a temporary directory, the bytes, and a
+/// policy that allows files from the server into the directory.
+fn served(path: &str, n: usize, mode: Mode) -> (FileServer, TempDir, Vec<u8>, Policy) {
+    let srv = FileServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = body(n);
+    srv.add(path, data.clone(), mode);
+    let pol = policy(&srv, dir.path());
+    (srv, dir, data, pol)
 }
 
 fn file_step(srv: &FileServer, path: &str, data: &[u8], sha: &str, dest: &Path) -> PreloadStep {
@@ -49,12 +63,8 @@ fn run(plan_steps: Vec<PreloadStep>, pol: &Policy) -> Result<preload::PlanReport
 
 #[test]
 fn a_file_with_the_right_checksum_is_fetched_once_and_then_skipped() {
-    let srv = FileServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let data = body(300_000);
-    srv.add("/data/set.bin", data.clone(), Mode::Normal);
+    let (srv, dir, data, pol) = served("/data/set.bin", 300_000, Mode::Normal);
     let dest = dir.path().join("sets/set.bin");
-    let pol = policy(&srv, dir.path());
     let step = file_step(&srv, "/data/set.bin", &data, &sha256_hex(&data), &dest);
     let r = run(vec![step.clone()], &pol).unwrap();
     assert_eq!(
@@ -74,12 +84,8 @@ fn a_file_with_the_right_checksum_is_fetched_once_and_then_skipped() {
 
 #[test]
 fn a_wrong_checksum_fails_and_leaves_nothing_behind() {
-    let srv = FileServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let data = body(100_000);
-    srv.add("/data/bad.bin", data.clone(), Mode::Normal);
+    let (srv, dir, data, pol) = served("/data/bad.bin", 100_000, Mode::Normal);
     let dest = dir.path().join("bad.bin");
-    let pol = policy(&srv, dir.path());
     let wrong = sha256_hex(b"something else");
     let e = run(
         vec![file_step(&srv, "/data/bad.bin", &data, &wrong, &dest)],
@@ -102,16 +108,12 @@ fn a_wrong_checksum_fails_and_leaves_nothing_behind() {
 
 #[test]
 fn an_interrupted_download_resumes_where_it_stopped() {
-    let srv = FileServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let data = body(1_000_000);
-    srv.add(
+    let (srv, dir, data, pol) = served(
         "/data/big.bin",
-        data.clone(),
+        1_000_000,
         Mode::DropFirst { after: 400_000 },
     );
     let dest = dir.path().join("big.bin");
-    let pol = policy(&srv, dir.path());
     let mut seen = Vec::new();
     let plan = PreloadPlan {
         persona: None,
@@ -150,14 +152,10 @@ fn an_interrupted_download_resumes_where_it_stopped() {
 
 #[test]
 fn disallowed_urls_and_injection_attempts_are_refused_before_anything_runs() {
-    let srv = FileServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let data = body(10);
-    srv.add("/data/x.bin", data.clone(), Mode::Normal);
+    let (srv, dir, data, mut pol) = served("/data/x.bin", 10, Mode::Normal);
     srv.add("/elsewhere/x.bin", data.clone(), Mode::Normal);
     let sha = sha256_hex(&data);
     let ok_dest = dir.path().join("x.bin");
-    let mut pol = policy(&srv, dir.path());
     pol.packages.apt = true;
     pol.images.engines = vec!["docker".into(), "podman".into()];
     pol.images.registries = vec!["docker.io/library/".into()];
@@ -242,126 +240,6 @@ fn disallowed_urls_and_injection_attempts_are_refused_before_anything_runs() {
     assert!(e.contains("files.url_prefixes"), "{e}");
 }
 
-/// Effective uid 0, from /proc/self/status (`Uid: real effective saved fs`).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// A real `apt-get install` of GNU hello (about 50 KB) through a plan, then the same
-/// plan again, which finds it present.
-#[test]
-fn a_real_apt_install_runs_when_root_and_the_registry_are_available() {
-    if !is_root() {
-        eprintln!("skipped: apt-get install needs root");
-        return;
-    }
-    if preload::packages::find_program("apt-get").is_err() {
-        eprintln!("skipped: no apt-get on this machine");
-        return;
-    }
-    let never = AtomicBool::new(false);
-    let apt_cache = preload::packages::find_program("apt-cache").unwrap();
-    let candidate = || {
-        preload::packages::run(
-            &apt_cache,
-            &["policy", "--", "hello"],
-            &[],
-            Duration::from_secs(60),
-            &never,
-        )
-        .is_ok_and(|s| s.contains("Candidate:") && !s.contains("Candidate: (none)"))
-    };
-    if !candidate() {
-        let apt = preload::packages::find_program("apt-get").unwrap();
-        if let Err(e) = preload::packages::run(
-            &apt,
-            &["update", "-q", "-o", "DPkg::Lock::Timeout=600"],
-            &[],
-            Duration::from_secs(300),
-            &never,
-        ) {
-            eprintln!("skipped: the Debian registry is not reachable (apt-get update: {e})");
-            return;
-        }
-        if !candidate() {
-            eprintln!("skipped: no installable candidate for `hello` in the package lists");
-            return;
-        }
-    }
-    if preload::packages::apt_present("hello", &never) {
-        let apt = preload::packages::find_program("apt-get").unwrap();
-        preload::packages::run(
-            &apt,
-            &[
-                "remove",
-                "-y",
-                "-q",
-                "-o",
-                "DPkg::Lock::Timeout=600",
-                "--",
-                "hello",
-            ],
-            &[("DEBIAN_FRONTEND", "noninteractive")],
-            Duration::from_secs(300),
-            &never,
-        )
-        .unwrap();
-    }
-    let mut pol = Policy::deny_all();
-    pol.packages.apt = true;
-    let step = PreloadStep::Package {
-        manager: PackageManager::Apt,
-        name: "hello".into(),
-        version: None,
-    };
-    match run(vec![step.clone()], &pol) {
-        Ok(r) => assert_eq!(r.steps[0].1, Outcome::Installed),
-        Err(e)
-            if e.to_string().contains("Could not resolve")
-                || e.to_string().contains("Failed to fetch") =>
-        {
-            eprintln!("skipped: the Debian registry is not reachable: {e}");
-            return;
-        }
-        Err(e) => panic!("apt-get install hello failed: {e}"),
-    }
-    assert!(Path::new("/usr/bin/hello").exists());
-    assert!(preload::packages::apt_present("hello", &never));
-    let r = run(vec![step], &pol).unwrap();
-    assert_eq!(r.steps[0].1, Outcome::Skipped);
-}
-
-fn write_policy(agent: &Agent, text: &str) {
-    let policy = agent.state_dir.with_extension("policy.toml");
-    std::fs::write(&policy, text).unwrap();
-    let cfg = std::fs::read_to_string(&agent.config).unwrap();
-    std::fs::write(
-        &agent.config,
-        format!("policy_file = {:?}\n{cfg}", policy.display().to_string()),
-    )
-    .unwrap();
-}
-
-fn wait_state(coord: &Coord, id: &str, states: &[&str]) -> Value {
-    wait_for(
-        Duration::from_secs(60),
-        &format!("command {id} in {states:?}"),
-        || {
-            let v = coord.ctl(&["commands", "show", id]);
-            states
-                .contains(&v["state"].as_str().unwrap_or(""))
-                .then_some(v)
-        },
-    )
-}
-
 /// `personactl preload` plans from a persona and sends the plan; the agent's local
 /// policy refuses what it does not allow; a file plan is fetched by the real agent and
 /// shows in `personactl commands`.
@@ -376,14 +254,11 @@ fn plans_go_from_personactl_through_the_coordinator_to_the_agent() {
     srv.add("/data/model.bin", data.clone(), Mode::Normal);
     let dest_dir = dir.path().join("dest");
     std::fs::create_dir(&dest_dir).unwrap();
-    write_policy(
-        &agent,
-        &format!(
+    agent.write_policy(&format!(
             "[files]\nurl_prefixes = [\"http://{}/data/\"]\ndestinations = [{:?}]\nmax_bytes = 1000000\n",
             srv.addr,
-            dest_dir.display().to_string()
-        ),
-    );
+        dest_dir.display().to_string()
+    ));
     agent.start();
     wait_for(Duration::from_secs(30), "agent connected", || {
         let v = coord.ctl(&["agents", "list"]);
@@ -399,15 +274,16 @@ fn plans_go_from_personactl_through_the_coordinator_to_the_agent() {
         data.len(),
         dest.display()
     );
-    let v = coord.ctl(&[
+    // One plan request, asked as a dry run here and sent for real below.
+    let request = [
         "preload",
-        &agent.id,
+        agent.id.as_str(),
         "--persona",
         "web-server",
         "--file",
-        &file_arg,
-        "--dry-run",
-    ]);
+        file_arg.as_str(),
+    ];
+    let v = coord.ctl(&[&request[..], &["--dry-run"]].concat());
     assert_eq!(v["source"], "persona");
     assert_eq!(v["personas"][0], "web-server");
     assert!(v["command"].is_null());
@@ -439,16 +315,9 @@ fn plans_go_from_personactl_through_the_coordinator_to_the_agent() {
     );
 
     // Sent: the agent's policy has apt off, so the whole plan is refused, nothing runs.
-    let v = coord.ctl(&[
-        "preload",
-        &agent.id,
-        "--persona",
-        "web-server",
-        "--file",
-        &file_arg,
-    ]);
+    let v = coord.ctl(&request);
     let id = v["command"].as_str().unwrap().to_owned();
-    let done = wait_state(&coord, &id, &["failed", "succeeded"]);
+    let done = coord.wait_command(&id, &["failed", "succeeded"]);
     assert_eq!(done["state"], "failed", "{done}");
     assert!(
         done["message"].as_str().unwrap().contains("apt is off"),
@@ -460,16 +329,8 @@ fn plans_go_from_personactl_through_the_coordinator_to_the_agent() {
     let action = serde_json::json!({"Preload": {"persona": null, "steps": [{"File": {
         "url": srv.url("/data/model.bin"), "sha256": sha256_hex(&data),
         "size": data.len(), "dest": dest.display().to_string()}}]}});
-    let v = coord.ctl(&[
-        "commands",
-        "send",
-        "--agent",
-        &agent.id,
-        "--action",
-        &action.to_string(),
-    ]);
-    let id = v["id"].as_str().unwrap().to_owned();
-    let done = wait_state(&coord, &id, &["failed", "succeeded"]);
+    let id = coord.send_command(&agent.id, &action, None);
+    let done = coord.wait_command(&id, &["failed", "succeeded"]);
     assert_eq!(done["state"], "succeeded", "{done}");
     assert!(
         done["message"]

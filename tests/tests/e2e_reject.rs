@@ -84,20 +84,7 @@ fn identity(state: &Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'stati
 }
 
 fn enroll_fails(coord: &Coord, dir: &Path, token: &str, ca_hash: &str) -> String {
-    let out = std::process::Command::new(persona_tests::bin("persona-agent"))
-        .args([
-            "enroll",
-            "--coordinator",
-            &coord.quic.to_string(),
-            "--token",
-            token,
-            "--ca-hash",
-            ca_hash,
-        ])
-        .arg("--state-dir")
-        .arg(dir)
-        .output()
-        .unwrap();
+    let out = coord.enroll_command(dir, token, ca_hash).output().unwrap();
     assert!(!out.status.success(), "enroll with a bad token succeeded");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

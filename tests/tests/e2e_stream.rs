@@ -4,11 +4,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::Path;
 use std::time::Duration;
 
 use persona_tests::{Agent, Coord, gaps, now_s, seconds_of, wait_for};
 
 const SINCE: &str = "30m";
+/// The coordinator's flags in every test here.
+const BATCH_5S: [&str; 2] = ["--batch-interval-s", "5"];
+
+/// A coordinator in `dir/coord` and one agent enrolled with a fresh join token and
+/// started; returns them with the token and the CA hash.
+fn stream(dir: &Path) -> (Coord, Agent, String, String) {
+    let coord = Coord::start(&dir.join("coord"), 0, 0, &BATCH_5S);
+    let (token, ca_hash) = coord.token(&[]);
+    let mut agent = Agent::enroll(dir, "a1", &coord, &token, &ca_hash);
+    agent.start();
+    (coord, agent, token, ca_hash)
+}
 
 /// Waits until the series holds a point at or after `t` (Unix seconds).
 fn wait_until_covered(coord: &Coord, agent: &str, t: f64, limit: Duration) -> Vec<(f64, f64)> {
@@ -21,15 +34,7 @@ fn wait_until_covered(coord: &Coord, agent: &str, t: f64, limit: Duration) -> Ve
 #[test]
 fn enroll_stream_and_every_second_is_present() {
     let dir = tempfile::tempdir().unwrap();
-    let coord = Coord::start(
-        &dir.path().join("coord"),
-        0,
-        0,
-        &["--batch-interval-s", "5"],
-    );
-    let (token, ca_hash) = coord.token(&[]);
-    let mut agent = Agent::enroll(dir.path(), "a1", &coord, &token, &ca_hash);
-    agent.start();
+    let (coord, agent, token, ca_hash) = stream(dir.path());
     let started = now_s();
     // 15 s of streaming, then everything up to that instant must be there.
     let points = wait_until_covered(&coord, &agent.id, started + 15.0, Duration::from_secs(90));
@@ -68,18 +73,8 @@ fn enroll_stream_and_every_second_is_present() {
             > 0.0
     );
     // The join token was single-use.
-    let again = std::process::Command::new(persona_tests::bin("persona-agent"))
-        .args([
-            "enroll",
-            "--coordinator",
-            &coord.quic.to_string(),
-            "--token",
-            &token,
-            "--ca-hash",
-            &ca_hash,
-        ])
-        .arg("--state-dir")
-        .arg(dir.path().join("a1-again"))
+    let again = coord
+        .enroll_command(&dir.path().join("a1-again"), &token, &ca_hash)
         .output()
         .unwrap();
     assert!(!again.status.success());
@@ -93,18 +88,15 @@ fn enroll_stream_and_every_second_is_present() {
 #[test]
 fn coordinator_killed_and_restarted_mid_stream_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("coord");
-    let mut coord = Coord::start(&data, 0, 0, &["--batch-interval-s", "5"]);
-    let (quic_port, http_port) = (coord.quic.port(), coord.http.port());
-    let (token, ca_hash) = coord.token(&[]);
-    let mut agent = Agent::enroll(dir.path(), "a1", &coord, &token, &ca_hash);
-    agent.start();
+    let (mut coord, agent, ..) = stream(dir.path());
+    let (data, quic_port, http_port) =
+        (coord.data_dir.clone(), coord.quic.port(), coord.http.port());
     wait_until_covered(&coord, &agent.id, now_s() + 4.0, Duration::from_secs(60));
     coord.kill();
     // The outage: the agent keeps sampling into its outbox meanwhile.
     std::thread::sleep(Duration::from_secs(6));
     let restarted = now_s();
-    let coord = Coord::start(&data, quic_port, http_port, &["--batch-interval-s", "5"]);
+    let coord = Coord::start(&data, quic_port, http_port, &BATCH_5S);
     let points = wait_until_covered(&coord, &agent.id, restarted + 6.0, Duration::from_secs(120));
     let secs = seconds_of(&points);
     assert_eq!(
@@ -118,12 +110,9 @@ fn coordinator_killed_and_restarted_mid_stream_loses_and_duplicates_nothing() {
 #[test]
 fn agent_killed_and_restarted_while_coordinator_is_down_delivers_its_outbox() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("coord");
-    let mut coord = Coord::start(&data, 0, 0, &["--batch-interval-s", "5"]);
-    let (quic_port, http_port) = (coord.quic.port(), coord.http.port());
-    let (token, ca_hash) = coord.token(&[]);
-    let mut agent = Agent::enroll(dir.path(), "a1", &coord, &token, &ca_hash);
-    agent.start();
+    let (mut coord, mut agent, ..) = stream(dir.path());
+    let (data, quic_port, http_port) =
+        (coord.data_dir.clone(), coord.quic.port(), coord.http.port());
     wait_until_covered(&coord, &agent.id, now_s() + 3.0, Duration::from_secs(60));
     coord.kill();
     std::thread::sleep(Duration::from_secs(4));
@@ -133,7 +122,7 @@ fn agent_killed_and_restarted_while_coordinator_is_down_delivers_its_outbox() {
     let restarted = now_s();
     agent.start();
     std::thread::sleep(Duration::from_secs(4));
-    let coord = Coord::start(&data, quic_port, http_port, &["--batch-interval-s", "5"]);
+    let coord = Coord::start(&data, quic_port, http_port, &BATCH_5S);
     let points = wait_until_covered(&coord, &agent.id, now_s() + 3.0, Duration::from_secs(120));
     let secs = seconds_of(&points);
     // The only hole is while the agent process was dead: every sample it took before
