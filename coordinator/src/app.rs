@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use quinn::{Connection, VarInt};
 
-use crate::commands::Hub as CommandHub;
+use crate::commands::delivery::Hub as CommandHub;
 use crate::config::ServerSettings;
 use crate::model::push::ModelHub;
 use crate::pki::Pki;

@@ -153,7 +153,7 @@ pub async fn start(
         settings: opts.settings.clone(),
         stats: app::Stats::default(),
         live: app::Live::default(),
-        commands: Arc::new(commands::Hub::default()),
+        commands: Arc::new(commands::delivery::Hub::default()),
         profiling: profiling.clone(),
         advertise,
     });

@@ -19,25 +19,17 @@
 //! What it is not: the agent side (`persona_agent::commands`), signing (`signing`) or
 //! what a pre-load plan contains (`preload`).
 
+pub mod delivery;
 pub mod dispatch;
 pub mod preload;
 
-use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use persona_shared::command::{
     Action, Command, CommandState, CommandUpdate, MAX_ID_LEN, PreloadStep,
 };
-use persona_shared::protocol::{self, CoordMsg};
-use quinn::SendStream;
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc, watch};
 
-use crate::actuate::ActuatorBinding;
-use crate::pki::Pki;
 use crate::store::{self, CommandProgress, NewCommand, Store, StoreError};
 
 pub use crate::store::CommandRow;
@@ -48,17 +40,6 @@ pub const KEEP_FINISHED_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Shortest and longest time a command may live.
 pub const TTL_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600);
-/// How often a delivery task looks for commands submitted without a wake-up. Every
-/// submission in this process wakes the agent's task at once ([`Hub::wake`]), so this is
-/// only a safety net (a row written by another process, a path that forgot to wake). It
-/// is one SQLite query per connected agent per interval: at 1 s it was 10,000 queries a
-/// second for a 10,000-agent fleet, enough to saturate the coordinator and time out
-/// connections (docs/BENCHMARKS.md, issue 9).
-const POLL_EVERY: Duration = Duration::from_secs(30);
-/// How often expired commands are marked.
-const EXPIRE_EVERY: Duration = Duration::from_secs(5);
-/// Commands queued for one control stream, at most.
-const PUSH_QUEUE: usize = 64;
 /// Most commands a list returns.
 pub const MAX_LIST: usize = 1000;
 
@@ -98,7 +79,7 @@ fn rank(s: CommandState) -> u8 {
 /// Submits `action` for `agent_id`, valid for `ttl`, and returns the new command id.
 /// The command is stored `pending` and delivered as soon as the agent is connected:
 /// within a second by the delivery task's poll, at once if the caller also calls
-/// [`Hub::wake`]. This is what the engine calls for auto-mode resizes.
+/// `delivery::Hub::wake`. This is what the engine calls for auto-mode resizes.
 pub fn submit(
     store: &Store,
     agent_id: &str,
@@ -271,7 +252,7 @@ pub fn deliverable(
     Ok(store.deliverable_commands(agent_key, now)?)
 }
 
-fn mark_sent(store: &Store, id: &str) -> Result<(), CommandError> {
+pub fn mark_sent(store: &Store, id: &str) -> Result<(), CommandError> {
     Ok(store.mark_command_sent(id, store::now_ms())?)
 }
 
@@ -279,193 +260,6 @@ fn mark_sent(store: &Store, id: &str) -> Result<(), CommandError> {
 /// commands that finished more than [`KEEP_FINISHED_MS`] ago; returns how many expired.
 pub fn expire_due(store: &Store, now: i64) -> Result<usize, CommandError> {
     Ok(store.expire_commands(now, now - KEEP_FINISHED_MS)?)
-}
-
-/// Delivery tasks by agent key: (task number, its wake-up).
-type Waiters = HashMap<i64, Vec<(u64, Arc<Notify>)>>;
-
-/// Wake-ups for the delivery tasks of connected agents.
-#[derive(Debug, Default)]
-pub struct Hub {
-    tasks: Mutex<Waiters>,
-    next: AtomicU64,
-}
-
-impl Hub {
-    /// Wakes the delivery tasks of an agent (after a submission) so it gets the command now.
-    pub fn wake(&self, agent_key: i64) {
-        if let Ok(m) = self.tasks.lock()
-            && let Some(v) = m.get(&agent_key)
-        {
-            for (_, n) in v {
-                n.notify_one();
-            }
-        }
-    }
-
-    /// Wakes the delivery tasks of an agent by id.
-    pub fn wake_agent(&self, store: &Store, agent_id: &str) {
-        if let Ok(Some(k)) = store.agent_key(agent_id) {
-            self.wake(k);
-        }
-    }
-
-    fn register(&self, agent_key: i64) -> (u64, Arc<Notify>) {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = Arc::new(Notify::new());
-        if let Ok(mut m) = self.tasks.lock() {
-            m.entry(agent_key).or_default().push((id, n.clone()));
-        }
-        (id, n)
-    }
-
-    fn unregister(&self, agent_key: i64, id: u64) {
-        if let Ok(mut m) = self.tasks.lock()
-            && let Some(v) = m.get_mut(&agent_key)
-        {
-            v.retain(|(i, _)| *i != id);
-            if v.is_empty() {
-                m.remove(&agent_key);
-            }
-        }
-    }
-}
-
-/// Starts command delivery for an agent's control stream after Hello; the stream's
-/// read loop writes what arrives on the returned receiver (see [`read_or_push`]).
-pub fn open_session(
-    store: Arc<Store>,
-    pki: Arc<Pki>,
-    hub: Arc<Hub>,
-    actuators: Vec<ActuatorBinding>,
-    agent_key: i64,
-    agent_id: &str,
-) -> mpsc::Receiver<CoordMsg> {
-    let (tx, rx) = mpsc::channel(PUSH_QUEUE);
-    let agent_id = agent_id.to_owned();
-    tokio::spawn(async move {
-        let (reg, wake) = hub.register(agent_key);
-        let mut sent: HashSet<String> = HashSet::new();
-        // Resizes of a VM served by an outside actuator run in the coordinator
-        // (`actuate::dispatch`) and are not the agent's to execute.
-        let external = {
-            let (store, b, a) = (store.clone(), actuators.clone(), agent_id.clone());
-            tokio::task::spawn_blocking(move || {
-                crate::commands::dispatch::external_actuator(&b, &store, &a).is_some()
-            })
-            .await
-            .unwrap_or(false)
-        };
-        loop {
-            let st = store.clone();
-            let due =
-                tokio::task::spawn_blocking(move || deliverable(&st, agent_key, store::now_ms()))
-                    .await;
-            match due {
-                Ok(Ok(list)) => {
-                    for (id, body) in list {
-                        if sent.contains(&id)
-                            || crate::commands::dispatch::runs_here(external, &body)
-                        {
-                            continue;
-                        }
-                        let signed = match crate::pki::signing::sign_body(&pki, body) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                tracing::error!(%id, "cannot sign command: {e}");
-                                continue;
-                            }
-                        };
-                        if tx.send(CoordMsg::Command(signed)).await.is_err() {
-                            hub.unregister(agent_key, reg);
-                            return;
-                        }
-                        tracing::info!(%id, agent = %agent_id, "command sent");
-                        let store = store.clone();
-                        let id2 = id.clone();
-                        let _ = tokio::task::spawn_blocking(move || mark_sent(&store, &id2)).await;
-                        sent.insert(id);
-                    }
-                }
-                Ok(Err(e)) => tracing::warn!(agent = %agent_id, "command delivery: {e}"),
-                Err(e) => tracing::warn!(agent = %agent_id, "command delivery task: {e}"),
-            }
-            tokio::select! {
-                () = wake.notified() => {}
-                () = tokio::time::sleep(POLL_EVERY) => {}
-                () = tx.closed() => break,
-            }
-        }
-        hub.unregister(agent_key, reg);
-    });
-    rx
-}
-
-/// Awaits `read` (the control stream's next frame) while writing whatever the delivery
-/// task pushes on the same stream. The read future is kept across pushes, so no byte
-/// of an incoming frame is lost.
-pub async fn read_or_push<F>(
-    read: F,
-    tx: &mut SendStream,
-    pushes: &mut Option<mpsc::Receiver<CoordMsg>>,
-    max: usize,
-) -> Result<Vec<u8>, String>
-where
-    F: Future<Output = Result<Vec<u8>, String>>,
-{
-    tokio::pin!(read);
-    loop {
-        let Some(rx) = pushes.as_mut() else {
-            return read.await;
-        };
-        tokio::select! {
-            r = &mut read => return r,
-            m = rx.recv() => match m {
-                Some(msg) => {
-                    let mut buf = Vec::with_capacity(512);
-                    protocol::encode_frame(&msg, &mut buf, max)
-                        .map_err(|e| format!("control stream closed: cannot encode a push: {e}"))?;
-                    tx.write_all(&buf)
-                        .await
-                        .map_err(|e| format!("control stream closed while pushing: {e}"))?;
-                }
-                None => *pushes = None,
-            }
-        }
-    }
-}
-
-/// Handles `AgentMsg::CommandUpdate` from an authenticated agent.
-pub async fn on_update(store: &Arc<Store>, agent_key: i64, agent_id: &str, u: CommandUpdate) {
-    let store = store.clone();
-    let id = u.id.clone();
-    let state = u.state;
-    match tokio::task::spawn_blocking(move || apply_update(&store, agent_key, &u)).await {
-        Ok(Ok(true)) => {
-            tracing::info!(%id, agent = %agent_id, state = state.as_str(), "command update");
-        }
-        Ok(Ok(false)) => {
-            tracing::debug!(%id, agent = %agent_id, "stale or foreign command update ignored")
-        }
-        Ok(Err(e)) => tracing::warn!(%id, "command update: {e}"),
-        Err(e) => tracing::warn!(%id, "command update task: {e}"),
-    }
-}
-
-/// Marks expired commands every few seconds until shutdown.
-pub async fn expiry_loop(store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let store = store.clone();
-        match tokio::task::spawn_blocking(move || expire_due(&store, store::now_ms())).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!(commands = n, "commands expired"),
-            Ok(Err(e)) => tracing::warn!("command expiry: {e}"),
-            _ => {}
-        }
-        tokio::select! {
-            () = tokio::time::sleep(EXPIRE_EVERY) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
 }
 
 #[cfg(test)]

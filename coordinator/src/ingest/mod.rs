@@ -183,7 +183,7 @@ pub fn bind(
 /// Serves connections until `shutdown` turns true, then closes the endpoint.
 pub async fn run(endpoint: quinn::Endpoint, ing: Arc<Ingest>, mut shutdown: watch::Receiver<bool>) {
     let retention = tokio::spawn(retention_loop(ing.clone(), shutdown.clone()));
-    let expiry = tokio::spawn(crate::commands::expiry_loop(
+    let expiry = tokio::spawn(crate::commands::delivery::expiry_loop(
         ing.app.store.clone(),
         shutdown.clone(),
     ));

@@ -104,7 +104,7 @@ async fn handle_stream(
     loop {
         let next = read_frame(&mut rx, max);
         let read = if is_control {
-            Ok(crate::commands::read_or_push(next, &mut tx, &mut pushes, max).await)
+            Ok(crate::commands::delivery::read_or_push(next, &mut tx, &mut pushes, max).await)
         } else {
             tokio::time::timeout(STREAM_TIMEOUT, next).await
         };
@@ -154,7 +154,7 @@ async fn handle_stream(
                 }
                 is_control = true;
                 let app = &ing.app;
-                pushes = Some(crate::commands::open_session(
+                pushes = Some(crate::commands::delivery::open_session(
                     app.store.clone(),
                     app.pki.clone(),
                     app.commands.clone(),
@@ -190,7 +190,7 @@ async fn handle_stream(
                 return;
             }
             AgentMsg::CommandUpdate(u) => {
-                crate::commands::on_update(&ing.app.store, auth.key, &auth.id, u).await;
+                crate::commands::delivery::on_update(&ing.app.store, auth.key, &auth.id, u).await;
             }
             AgentMsg::Event(e) => {
                 if events::on_event(&mut tx, e, &auth, &ing.app).await.is_err() {
@@ -254,7 +254,7 @@ async fn on_hello(
         tokio::task::spawn_blocking(move || {
             let r = crate::profile::belief::set_prior(
                 &store,
-                Some(&profiler),
+                Some(profiler.as_ref()),
                 &agent,
                 purpose.as_ref(),
             );

@@ -272,7 +272,7 @@ pub fn record_refusal(
 /// `inner` is the command session's queue; the returned one carries both.
 pub fn session(
     store: Arc<Store>,
-    commands: Arc<crate::commands::Hub>,
+    commands: Arc<crate::commands::delivery::Hub>,
     mut models: watch::Receiver<Option<ServedModel>>,
     agent_id: &str,
     agent_version: Option<String>,

@@ -235,10 +235,10 @@ impl Pki {
         Ok((cert.pem(), fingerprint(cert.der())))
     }
 
-    /// Signs `msg` with the CA key, for commands (see `signing`): agents already pin this
-    /// CA, so a command needs no other trust anchor.
-    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, crate::pki::signing::SigningError> {
-        crate::pki::signing::sign_pkcs8(&self.ca_key.serialize_der(), msg)
+    /// The key that signs commands (PKCS#8 DER; see `signing`). Today the CA key,
+    /// which agents already pin.
+    pub fn command_key(&self) -> Vec<u8> {
+        self.ca_key.serialize_der()
     }
 
     /// TLS 1.3 server configuration for QUIC: our chain, ALPN `persona/1`, and client

@@ -5,12 +5,10 @@
 //! useless on another agent, and a replay after its expiry does nothing. Agents verify
 //! against the CA they pinned at enrollment (`persona_agent::commands::verify`).
 //!
-//! What it is not: key storage (`pki`) or delivery (`commands`).
+//! What it is not: key storage (`pki`, which hands out the key) or delivery (`commands`).
 
 use persona_shared::command::{Command, SignedCommand, signed_message};
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
-
-use crate::pki::Pki;
 
 /// Why a command could not be signed.
 #[derive(Debug, thiserror::Error)]
@@ -36,25 +34,26 @@ pub fn sign_pkcs8(pkcs8: &[u8], msg: &[u8]) -> Result<Vec<u8>, SigningError> {
         .map_err(|_| SigningError::Sign)
 }
 
-/// Encodes and signs a command body.
-pub fn sign_command(pki: &Pki, cmd: &Command) -> Result<SignedCommand, SigningError> {
+/// Encodes and signs a command body with `key` (PKCS#8 DER, `Pki::command_key`).
+pub fn sign_command(key: &[u8], cmd: &Command) -> Result<SignedCommand, SigningError> {
     let body = cmd.encode().map_err(|source| SigningError::Encode {
         id: cmd.id.clone(),
         source,
     })?;
-    sign_body(pki, body)
+    sign_body(key, body)
 }
 
 /// Signs an already encoded body (the store keeps the body as it was first encoded, so
 /// a resend carries the same bytes).
-pub fn sign_body(pki: &Pki, body: Vec<u8>) -> Result<SignedCommand, SigningError> {
-    let signature = pki.sign(&signed_message(&body))?;
+pub fn sign_body(key: &[u8], body: Vec<u8>) -> Result<SignedCommand, SigningError> {
+    let signature = sign_pkcs8(key, &signed_message(&body))?;
     Ok(SignedCommand { body, signature })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::Pki;
     use persona_agent::commands::Refusal;
     use persona_shared::command::{Action, ConfigUpdate};
 
@@ -69,14 +68,14 @@ mod tests {
             expires_ms: i64::MAX,
             action: Action::ConfigUpdate(ConfigUpdate::default()),
         };
-        let signed = sign_command(&pki, &cmd).unwrap();
+        let signed = sign_command(&pki.command_key(), &cmd).unwrap();
         let ca = persona_agent::commands::ca_der_from_pem(pki.ca_pem.as_bytes()).unwrap();
         let got = persona_agent::commands::verify(&ca, &signed, "a-1", 0).unwrap();
         assert_eq!(got, cmd);
         // Another CA's signature over the same body is refused.
         let other_dir = tempfile::tempdir().unwrap();
         let other = Pki::load_or_create(other_dir.path()).unwrap();
-        let forged = sign_body(&other, signed.body.clone()).unwrap();
+        let forged = sign_body(&other.command_key(), signed.body.clone()).unwrap();
         assert_eq!(
             persona_agent::commands::verify(&ca, &forged, "a-1", 0),
             Err(Refusal::BadSignature)
@@ -97,7 +96,7 @@ mod tests {
         ));
         let mut short = cmd.clone();
         short.expires_ms = 1000;
-        let s = sign_command(&pki, &short).unwrap();
+        let s = sign_command(&pki.command_key(), &short).unwrap();
         assert!(matches!(
             persona_agent::commands::verify(&ca, &s, "a-1", 1001),
             Err(Refusal::Expired { .. })

@@ -45,7 +45,6 @@ use serde_json::{Value, json};
 use persona_shared::protocol::{MirrorReport, PersonaProb, Purpose};
 
 use crate::profile::persona_db::{Feedback, PersonaDbError};
-use crate::profile::{ProfileRequest, ProfilingService};
 use crate::store::{BeliefRecord, BeliefWrite, FeedbackExample, Store, StoreError};
 
 /// Hours of observation the declared intent is worth.
@@ -177,37 +176,30 @@ fn write(
     }
 }
 
+/// What turns a declared purpose into a prior: the profiler (`ProfilingService`
+/// implements it). A trait, so beliefs need not know the service that owns them.
+pub trait PriorSource {
+    type Error: std::fmt::Display;
+    /// The persona distribution for `purpose`, in any order.
+    fn prior(&self, purpose: &Purpose) -> Result<Vec<PersonaProb>, Self::Error>;
+}
+
 /// Records the prior for a declared purpose (at each Hello). Without a profiler, or
 /// without a usable description, the prior is empty.
-pub fn set_prior(
+pub fn set_prior<P: PriorSource>(
     store: &Store,
-    profiler: Option<&ProfilingService>,
+    profiler: Option<&P>,
     agent_id: &str,
     purpose: Option<&Purpose>,
 ) -> Result<(), StoreError> {
     let prior = match (purpose, profiler) {
-        (Some(p), Some(svc)) => {
-            let req = ProfileRequest {
-                description: p.description.clone(),
-                software: p.software.clone(),
-                data_gb: p.data_gb,
-            };
-            match svc.profile(&req) {
-                Ok(doc) => sorted(
-                    doc.personas
-                        .into_iter()
-                        .map(|w| PersonaProb {
-                            slug: w.slug,
-                            probability: w.probability as f32,
-                        })
-                        .collect(),
-                ),
-                Err(e) => {
-                    tracing::info!(agent = agent_id, "no prior for the declared purpose: {e}");
-                    Vec::new()
-                }
+        (Some(p), Some(svc)) => match svc.prior(p) {
+            Ok(dist) => sorted(dist),
+            Err(e) => {
+                tracing::info!(agent = agent_id, "no prior for the declared purpose: {e}");
+                Vec::new()
             }
-        }
+        },
         _ => Vec::new(),
     };
     let purpose_json = purpose.and_then(|p| serde_json::to_string(p).ok());
@@ -425,6 +417,7 @@ pub fn training_feedback(store: &Store) -> Result<Vec<Feedback>, PersonaDbError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::{ProfileRequest, ProfilingService};
 
     fn d(pairs: &[(&str, f32)]) -> Vec<PersonaProb> {
         pairs
@@ -496,7 +489,7 @@ mod tests {
             software: vec!["bazel".into()],
             data_gb: None,
         };
-        set_prior(&store, None, "a-1", Some(&purpose)).unwrap();
+        set_prior::<ProfilingService>(&store, None, "a-1", Some(&purpose)).unwrap();
         let t0 = 1_700_000_000_000i64;
         // 29 minutes confident, then one unsure report: the clock restarts.
         let mut t = t0;

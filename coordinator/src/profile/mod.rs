@@ -520,6 +520,30 @@ impl ProfilingService {
     }
 }
 
+/// The prior of a declared purpose is the profiler's distribution for it.
+impl crate::profile::belief::PriorSource for ProfilingService {
+    type Error = ProfileError;
+
+    fn prior(
+        &self,
+        purpose: &persona_shared::protocol::Purpose,
+    ) -> Result<Vec<persona_shared::protocol::PersonaProb>, ProfileError> {
+        let doc = self.profile(&ProfileRequest {
+            description: purpose.description.clone(),
+            software: purpose.software.clone(),
+            data_gb: purpose.data_gb,
+        })?;
+        Ok(doc
+            .personas
+            .into_iter()
+            .map(|w| persona_shared::protocol::PersonaProb {
+                slug: w.slug,
+                probability: w.probability as f32,
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

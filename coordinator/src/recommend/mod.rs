@@ -40,7 +40,7 @@ use persona_shared::command::Action;
 use persona_shared::metrics::{self, host};
 use persona_shared::resize::ResizeRequest;
 
-use crate::commands::Hub as CommandHub;
+use crate::commands::delivery::Hub as CommandHub;
 use crate::engine::cost::{self, CostReport, Platform};
 use crate::engine::policy::{Bounds, Hysteresis, MEMORY_BLOCK_GIB, Steps};
 use crate::engine::reasons::{Kind, Reason, Why};
