@@ -25,8 +25,8 @@
 use std::time::Duration;
 
 use hyper::StatusCode;
-use persona_agent::preload::validate;
 use persona_shared::command::{Action, PackageManager, PreloadPlan, PreloadStep};
+use persona_shared::preload::validate;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

@@ -436,7 +436,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
 /// Reads one frame from a stream, with the frame size bound checked before allocation
 /// (the agent's reader, so both sides enforce the bound identically).
 pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, String> {
-    persona_agent::link::read_frame(recv, max)
+    persona_shared::wire::read_frame(recv, max)
         .await
         .map_err(|e| e.to_string())
 }

@@ -8,7 +8,7 @@
 //! Nothing is decoded on ingest. WAL mode with `synchronous=NORMAL` makes a commit
 //! durable against a crash of the process (SIGKILL), which is what the ack promises.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -24,11 +24,8 @@ use crate::pki;
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    #[error("database: {0}")]
+    Open(#[from] persona_shared::sqlite::SqliteError),
     #[error("database query failed ({context}): {source}")]
     Sql {
         context: &'static str,
@@ -154,25 +151,16 @@ pub struct Store {
 }
 
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
-    let c = Connection::open(path).map_err(|source| StoreError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    c.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(sql("busy_timeout"))?;
-    c.pragma_update(None, "journal_mode", "WAL")
-        .map_err(sql("journal_mode"))?;
-    c.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(sql("synchronous"))?;
-    Ok(c)
+    use persona_shared::sqlite::{OpenOptions, Synchronous};
+    let opts = OpenOptions::new(Synchronous::Normal)
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .mode(0o600);
+    Ok(persona_shared::sqlite::open(path, opts)?)
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path`, readable only by its owner.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if !path.exists() {
-            pki::write_private(path, b"").map_err(|e| StoreError::Random(e.to_string()))?;
-        }
         let write = open_conn(path)?;
         write.execute_batch(SCHEMA).map_err(sql("schema"))?;
         // Command channel tables (coordinator/src/commands.rs).
