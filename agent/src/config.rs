@@ -9,30 +9,21 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use persona_shared::addr::looks_like_host_port;
+use persona_shared::config::LoadError;
 use persona_shared::protocol::{DEFAULT_MAX_FRAME, Purpose};
 use serde::Deserialize;
 
-/// Valid range of the sampling interval, in milliseconds.
-pub const SAMPLE_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
-/// Valid range of the batch interval, in seconds.
-pub const BATCH_INTERVAL_RANGE_S: std::ops::RangeInclusive<u64> = 1..=600;
-/// Most samples one batch may hold (bounds the frame size and the coordinator's work).
-pub const MAX_POINTS_PER_BATCH: u64 = 3_600;
+use crate::actuate::GuestActuatorConfig;
+use crate::settings::{BATCH_INTERVAL_RANGE_S, MAX_POINTS_PER_BATCH, SAMPLE_INTERVAL_RANGE_MS};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// toml's message already names the key and the line.
-    #[error("invalid config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    /// The file is unreadable or not valid TOML for these keys; toml's message names the
+    /// key and the line.
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error("invalid config file {path}: key `{key}`: {message}")]
     Invalid {
         path: PathBuf,
@@ -94,7 +85,7 @@ pub struct AgentConfig {
     /// Pressure and anomaly detection, the `[detect]` table.
     pub detect: crate::detect::DetectConfig,
     /// The guest resize actuator and its root helper, the `[guest_actuator]` table.
-    pub guest_actuator: crate::actuate::GuestActuatorConfig,
+    pub guest_actuator: GuestActuatorConfig,
     /// Length of the behavioural-mirroring window (seconds).
     pub mirror_window_s: u64,
     /// How often the mirror model runs on the window (seconds).
@@ -118,7 +109,7 @@ impl Default for AgentConfig {
             metrics_listen: None,
             policy_file: PathBuf::from("/etc/persona/policy.toml"),
             detect: crate::detect::DetectConfig::default(),
-            guest_actuator: crate::actuate::GuestActuatorConfig::default(),
+            guest_actuator: GuestActuatorConfig::default(),
             mirror_window_s: 300,
             mirror_step_s: crate::mirror::DEFAULT_STEP_S,
         }
@@ -128,26 +119,24 @@ impl Default for AgentConfig {
 impl AgentConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        let cfg: AgentConfig = persona_shared::config::load(path)?;
+        cfg.check(path)
     }
 
     /// Parses and checks config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
-        let cfg: AgentConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        cfg.validate()
+        let cfg: AgentConfig = persona_shared::config::parse(text, path)?;
+        cfg.check(path)
+    }
+
+    fn check(self, path: &Path) -> Result<AgentConfig, ConfigError> {
+        self.validate()
             .map_err(|(key, message)| ConfigError::Invalid {
                 path: path.to_owned(),
                 key,
                 message,
             })?;
-        Ok(cfg)
+        Ok(self)
     }
 
     /// Checks ranges and the relations between keys; returns the offending key.
@@ -252,17 +241,21 @@ impl AgentConfig {
     }
 }
 
-/// A cheap syntactic check of HOST:PORT (resolution happens at connect time).
-pub fn looks_like_host_port(s: &str) -> bool {
-    match s.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
-        None => false,
+impl GuestActuatorConfig {
+    /// The agent's `[guest_actuator]` table with its `sys_root`. Here rather than in
+    /// `actuate`, which stays a leaf that knows nothing of the whole config file.
+    pub fn from_agent(cfg: &AgentConfig) -> Self {
+        Self {
+            sys_root: cfg.sys_root.clone(),
+            ..cfg.guest_actuator.clone()
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use persona_shared::confdoc::{AGENT_KEYS, toml_setting};
 
     fn p() -> &'static Path {
         Path::new("/etc/persona/agent.toml")
@@ -358,12 +351,62 @@ mod tests {
         assert!(e.contains("/nonexistent/agent.toml"), "{e}");
     }
 
+    /// Every documented default is the real default: setting a key to its documented
+    /// default gives the same configuration as not setting it.
     #[test]
-    fn host_port() {
-        assert!(looks_like_host_port("localhost:7443"));
-        assert!(looks_like_host_port("[::1]:7443"));
-        assert!(!looks_like_host_port("localhost"));
-        assert!(!looks_like_host_port(":7443"));
-        assert!(!looks_like_host_port("h:0"));
+    fn documented_defaults_are_the_real_ones() {
+        let p = Path::new("doc.toml");
+        for k in AGENT_KEYS {
+            let Some(d) = k.default else { continue };
+            let text = toml_setting(k.key, d);
+            let mut parsed =
+                AgentConfig::parse(&text, p).unwrap_or_else(|e| panic!("{}: {e}", k.key));
+            if k.key.starts_with("purpose.") {
+                // Setting any purpose key creates the table; its content must be default.
+                assert_eq!(parsed.purpose.take(), Some(Default::default()), "{}", k.key);
+            }
+            assert_eq!(
+                parsed,
+                AgentConfig::default(),
+                "documented default of {}",
+                k.key
+            );
+        }
+    }
+
+    /// Every key the parser accepts is documented, and nothing else: unknown keys are
+    /// refused, so a documented key that parses exists.
+    #[test]
+    fn every_documented_key_exists_and_the_example_mentions_it() {
+        let example = include_str!("../../packaging/agent.toml");
+        for k in AGENT_KEYS {
+            let leaf = k.key.rsplit('.').next().unwrap_or(k.key);
+            assert!(
+                example.contains(leaf),
+                "packaging/agent.toml does not mention {}",
+                k.key
+            );
+        }
+        // Count the fields the struct has: the parser refuses unknown keys, and a key that
+        // is not in the table would not be caught above, so check the struct's field count
+        // through its Debug output.
+        let dbg = format!("{:?}", AgentConfig::default());
+        // + purpose (None by default) + detect, whose fields print too.
+        let detect = AGENT_KEYS
+            .iter()
+            .filter(|k| k.key.starts_with("detect."))
+            .count();
+        // + guest_actuator, whose fields print too, with its sys_root (not a key).
+        let guest = AGENT_KEYS
+            .iter()
+            .filter(|k| k.key.starts_with("guest_actuator."))
+            .count()
+            + 2;
+        let top = AGENT_KEYS.iter().filter(|k| !k.key.contains('.')).count() + 2 + detect + guest;
+        assert_eq!(
+            dbg.matches(": ").count(),
+            top,
+            "AgentConfig fields vs documented keys: {dbg}"
+        );
     }
 }

@@ -31,15 +31,16 @@ use persona_shared::batch::BatchBuilder;
 use persona_shared::facts::HostFacts;
 use persona_shared::protocol::{Batch, encode_batch_frame};
 use persona_shared::sample::Sample;
+use persona_shared::systemd::{self, Watchdog};
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::collect::{CollectConfig, Collector};
 use crate::config::AgentConfig;
-use crate::enroll::{EnrollError, Identity};
 use crate::health::{self, Health, HealthError};
-use crate::link::{self, Link, LinkConfig, LinkContext, LinkError, LinkStats, Settings};
-use crate::outbox::{Outbox, OutboxError, OutboxStats};
-use crate::systemd::{self, Watchdog};
+use crate::identity::{CA_FILE, Identity, IdentityError};
+use crate::link::{self, Link, LinkConfig, LinkContext, LinkError, LinkStats};
+use crate::outbox::{self, Outbox, OutboxError, OutboxStats};
+use crate::settings::Settings;
 
 /// Name of the outbox database in the state dir.
 pub const OUTBOX_FILE: &str = "outbox.db";
@@ -55,7 +56,7 @@ pub enum DaemonError {
     #[error("invalid configuration: key `{key}`: {message}")]
     Config { key: &'static str, message: String },
     #[error(transparent)]
-    Identity(#[from] EnrollError),
+    Identity(#[from] IdentityError),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     #[error("cannot set up the link: {0}")]
@@ -133,7 +134,7 @@ pub async fn run_report(
         crate::commands::RunnerConfig {
             state_dir: config.state_dir.clone(),
             agent_id: identity.agent_id.clone(),
-            ca_pem: config.state_dir.join(crate::enroll::CA_FILE),
+            ca_pem: config.state_dir.join(CA_FILE),
             policy_file: config.policy_file.clone(),
             guest_actuator: {
                 let mut g = config.guest_actuator.clone();
@@ -272,7 +273,7 @@ pub async fn run_report(
         t.abort();
     }
     command_task.abort();
-    let outbox_stats = link::lock(&outbox).stats()?;
+    let outbox_stats = outbox::lock(&outbox).stats()?;
     let s = sampler_report.unwrap_or_default();
     let report = DaemonReport {
         samples: s.samples,
@@ -507,8 +508,8 @@ impl Sampler {
                 // over the maximum.
                 self.seal_open();
             } else if let Some(seq) = self.open_seq {
-                let r =
-                    link::lock(&self.outbox).put_open(seq, self.frame.get(4..).unwrap_or_default());
+                let r = outbox::lock(&self.outbox)
+                    .put_open(seq, self.frame.get(4..).unwrap_or_default());
                 self.outbox_result(r);
             }
         }
@@ -525,7 +526,7 @@ impl Sampler {
         let seq = match self.open_seq {
             Some(s) => s,
             None => {
-                let r = link::lock(&self.outbox).reserve_seq();
+                let r = outbox::lock(&self.outbox).reserve_seq();
                 match r {
                     Ok(s) => {
                         self.open_seq = Some(s);
@@ -576,7 +577,7 @@ impl Sampler {
             && self.attach_mirror()
             && let Some(seq) = self.open_seq
         {
-            let r = link::lock(&self.outbox).seal(seq, self.frame.get(4..).unwrap_or_default());
+            let r = outbox::lock(&self.outbox).seal(seq, self.frame.get(4..).unwrap_or_default());
             if self.outbox_result(r).is_some() {
                 self.report.batches_sealed += 1;
                 tracing::debug!(

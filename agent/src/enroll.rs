@@ -3,31 +3,27 @@
 //! The agent generates its P-256 key pair locally (the private key never leaves the VM),
 //! connects without a client certificate, trusts the coordinator only if its CA matches
 //! the pin given with `--ca-hash`, presents the token with its public key, and stores
-//! what it gets back in the state dir: `key.pem`, `cert.pem`, `ca.pem` and
-//! `identity.toml` (agent id and coordinator address). Files are 0600 in a 0700
-//! directory and each is written atomically, `identity.toml` last, so a state dir either
-//! holds a complete identity or is treated as not enrolled. This module does not stream;
-//! the daemon ([`crate::daemon`]) uses the stored identity.
+//! what it gets back in the state dir as the agent's `identity` (`key.pem`, `cert.pem`,
+//! `ca.pem`, then `identity.toml`). This module does not stream; the daemon
+//! ([`crate::daemon`]) uses the stored identity.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use persona_shared::addr::looks_like_host_port;
 use persona_shared::protocol::{
     AgentMsg, CoordMsg, DEFAULT_MAX_FRAME, EnrollRequest, EnrollResponse, RejectCode, SERVER_NAME,
 };
+use persona_shared::wire::{WireError, read_msg, write_msg};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use serde::Deserialize;
 
-use crate::config::looks_like_host_port;
-use crate::link::{self, LinkError, WireError};
+use crate::identity::{
+    CA_FILE, CERT_FILE, IDENTITY_FILE, Identity, IdentityError, KEY_FILE, create_private_dir,
+    write_private,
+};
+use crate::link::connect::{client_endpoint, resolve};
+use crate::link::{self, LinkError};
 use crate::tls::{self, TlsError};
-
-pub const KEY_FILE: &str = "key.pem";
-pub const CERT_FILE: &str = "cert.pem";
-pub const CA_FILE: &str = "ca.pem";
-pub const IDENTITY_FILE: &str = "identity.toml";
 
 /// The whole enrollment, handshake included, must finish within this.
 const ENROLL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -41,15 +37,6 @@ pub struct EnrollOptions {
     /// `sha256:HEX` of the coordinator's CA certificate (DER).
     pub ca_hash: String,
     pub state_dir: PathBuf,
-}
-
-/// Who this agent is, as stored in `identity.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Identity {
-    pub agent_id: String,
-    /// HOST:PORT used at enrollment, the default coordinator of `run`.
-    pub coordinator: String,
 }
 
 /// Enrollment and identity errors.
@@ -79,59 +66,14 @@ pub enum EnrollError {
     Rejected { code: RejectCode, message: String },
     #[error("unexpected answer from the coordinator: {what}")]
     BadResponse { what: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "not enrolled: {path} is missing; run `persona-agent enroll --coordinator HOST:PORT --token TOKEN --ca-hash sha256:HEX` first"
-    )]
-    NotEnrolled { path: PathBuf },
-    #[error("invalid identity file {path}: {detail}")]
-    BadIdentity { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 fn reject_text(code: RejectCode, message: &str) -> String {
     match code {
         RejectCode::BadToken => format!("token rejected: {message}"),
         other => format!("enrollment refused ({other:?}): {message}"),
-    }
-}
-
-impl Identity {
-    /// Reads `identity.toml` from a state dir.
-    pub fn load(state_dir: &Path) -> Result<Identity, EnrollError> {
-        let path = state_dir.join(IDENTITY_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(EnrollError::NotEnrolled { path });
-            }
-            Err(source) => return Err(EnrollError::Io { path, source }),
-        };
-        let id: Identity = toml::from_str(&text).map_err(|e| EnrollError::BadIdentity {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        if id.agent_id.is_empty() {
-            return Err(EnrollError::BadIdentity {
-                path,
-                detail: "empty agent_id".into(),
-            });
-        }
-        Ok(id)
-    }
-
-    /// The TOML text of this identity. toml is built without its serializer, so this is
-    /// written by hand; a JSON string literal is also a valid TOML basic string.
-    fn to_toml(&self) -> String {
-        let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
-        format!(
-            "agent_id = {}\ncoordinator = {}\n",
-            q(&self.agent_id),
-            q(&self.coordinator)
-        )
     }
 }
 
@@ -157,8 +99,8 @@ pub async fn enroll(opts: EnrollOptions) -> Result<Identity, EnrollError> {
     };
 
     let (client, verifier) = tls::enroll_client_config(pin)?;
-    let addr = link::resolve(&opts.coordinator).await?;
-    let endpoint = link::client_endpoint(addr)?;
+    let addr = resolve(&opts.coordinator).await?;
+    let endpoint = client_endpoint(addr)?;
     let coordinator = opts.coordinator.as_str();
     let wire = |context: &'static str| {
         move |source| EnrollError::Wire {
@@ -177,13 +119,13 @@ pub async fn enroll(opts: EnrollOptions) -> Result<Identity, EnrollError> {
         let (mut send, mut recv) = conn
             .open_bi()
             .await
-            .map_err(|e| wire("opening a stream")(e.into()))?;
-        link::write_msg(&mut send, &AgentMsg::Enroll(request), DEFAULT_MAX_FRAME)
+            .map_err(|e| wire("opening a stream")(WireError::Connection(e.into())))?;
+        write_msg(&mut send, &AgentMsg::Enroll(request), DEFAULT_MAX_FRAME)
             .await
             .map_err(wire("sending the request"))?;
         send.finish()
-            .map_err(|e| wire("sending the request")(e.into()))?;
-        let answer = link::read_msg(&mut recv, DEFAULT_MAX_FRAME, "the enrollment")
+            .map_err(|e| wire("sending the request")(WireError::Write(e.into())))?;
+        let answer = read_msg::<CoordMsg, _>(&mut recv, DEFAULT_MAX_FRAME, "the enrollment")
             .await
             .map_err(wire("reading the answer"))?;
         conn.close(0u32.into(), b"enrolled");
@@ -216,7 +158,7 @@ pub async fn enroll(opts: EnrollOptions) -> Result<Identity, EnrollError> {
         }
         other => {
             return Err(EnrollError::BadResponse {
-                what: crate::link::kind(&other).into(),
+                what: link::kind(&other).into(),
             });
         }
     };
@@ -280,80 +222,9 @@ fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// Creates the state dir (0700) if it does not exist.
-pub fn create_private_dir(dir: &Path) -> Result<(), EnrollError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| EnrollError::Io {
-            path: dir.to_owned(),
-            source,
-        })
-}
-
-/// Writes a 0600 file atomically: a temporary file in the same directory, fsync, rename,
-/// fsync of the directory. A crash leaves either the old file or the new one.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), EnrollError> {
-    let io = |p: &Path| {
-        let p = p.to_owned();
-        move |source| EnrollError::Io { path: p, source }
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn identity_round_trips_and_files_are_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        create_private_dir(&state).unwrap();
-        assert_eq!(
-            std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
-        assert!(matches!(
-            Identity::load(&state),
-            Err(EnrollError::NotEnrolled { .. })
-        ));
-        let id = Identity {
-            agent_id: "a-\"1\"\\x".into(),
-            coordinator: "[::1]:7443".into(),
-        };
-        write_private(&state.join(IDENTITY_FILE), id.to_toml().as_bytes()).unwrap();
-        assert_eq!(Identity::load(&state).unwrap(), id);
-        let mode = std::fs::metadata(state.join(IDENTITY_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        std::fs::write(state.join(IDENTITY_FILE), "agent_id = 3\n").unwrap();
-        let e = Identity::load(&state).unwrap_err().to_string();
-        assert!(e.contains("identity.toml"), "{e}");
-    }
 
     #[test]
     fn responses_are_checked() {

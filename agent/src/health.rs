@@ -143,7 +143,7 @@ impl Health {
             r(&self.batches_rejected),
         );
         if let Some(ob) = outbox
-            && let Ok(s) = crate::link::lock(ob).stats()
+            && let Ok(s) = crate::outbox::lock(ob).stats()
         {
             gauge(
                 &mut out,

@@ -4,22 +4,21 @@
 //! enrolling with a join token. Binaries call into this library.
 
 pub mod actuate;
-pub mod actuator;
 pub mod collect;
 pub mod commands;
-pub mod confdoc;
 pub mod config;
 pub mod daemon;
 pub mod detect;
 pub mod enroll;
 pub mod health;
+pub mod helper;
+pub mod identity;
 pub mod link;
-pub mod logging;
 pub mod mirror;
 pub mod model_store;
 pub mod observe;
 pub mod outbox;
 pub mod policy;
 pub mod preload;
-pub mod systemd;
+pub mod settings;
 pub mod tls;

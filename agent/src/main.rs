@@ -143,7 +143,7 @@ fn run(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    persona_agent::logging::init();
+    persona_shared::logging::init();
     let result = match cli.command {
         Command::Observe {
             seconds,

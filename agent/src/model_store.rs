@@ -68,7 +68,7 @@ pub enum ModelStoreError {
         sha256: String,
     },
     #[error("cannot read the model grants: {0}")]
-    Grants(#[from] crate::commands::CommandError),
+    Grants(#[from] crate::commands::log::CommandError),
 }
 
 /// The running model and where it came from.
@@ -252,10 +252,15 @@ impl ModelHandle {
             return Err(not_granted());
         };
         // No command log yet: no command ever ran, so nothing was granted.
-        if !state_dir.join(crate::commands::COMMANDS_FILE).exists() {
+        if !state_dir.join(crate::commands::log::COMMANDS_FILE).exists() {
             return Err(not_granted());
         }
-        if crate::commands::model_granted_in(state_dir, &push.kind, &push.version, &push.sha256)? {
+        if crate::commands::log::model_granted_in(
+            state_dir,
+            &push.kind,
+            &push.version,
+            &push.sha256,
+        )? {
             Ok(())
         } else {
             Err(not_granted())
@@ -332,10 +337,12 @@ mod tests {
 
     /// Grants a model the way the command runner does after a verified command.
     fn grant(state_dir: &Path, p: &ModelPush) {
-        crate::commands::CommandLog::open(&state_dir.join(crate::commands::COMMANDS_FILE))
-            .expect("command log")
-            .grant_model(&p.kind, &p.version, &p.sha256)
-            .expect("grant");
+        crate::commands::log::CommandLog::open(
+            &state_dir.join(crate::commands::log::COMMANDS_FILE),
+        )
+        .expect("command log")
+        .grant_model(&p.kind, &p.version, &p.sha256)
+        .expect("grant");
     }
 
     /// A real model of another version than the shipped one: the shipped file with its

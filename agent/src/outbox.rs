@@ -19,14 +19,25 @@
 //! The outbox is bounded: when the stored bytes exceed the bound, the oldest sealed
 //! batches are deleted and counted (`dropped_batches`, `dropped_bytes`). This module
 //! knows nothing about the network or about what a batch contains.
+//!
+//! The daemon shares one outbox between the sampling thread, the link and the health
+//! endpoint behind a mutex; [`lock`] is the one way they take it.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
+use persona_shared::sqlite::{self, OpenOptions, SqliteError, Synchronous};
 use rusqlite::{Connection, OptionalExtension, params};
+
+/// Unix mode of the outbox database and its WAL files: the VM's telemetry is private to
+/// the agent's user (the state dir is 0700 as well).
+pub const DB_MODE: u32 = 0o600;
 
 /// Outbox errors, each with the database file.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
+    #[error("outbox: {0}")]
+    Open(#[from] SqliteError),
     #[error("outbox {path}: {source}")]
     Sqlite {
         path: PathBuf,
@@ -106,16 +117,9 @@ impl Outbox {
             path: path.to_owned(),
             source,
         };
-        let conn = Connection::open(path).map_err(sq)?;
-        // WAL: readers never block the writer, and a commit is one append.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sq)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(sq)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sq)?;
+        // NORMAL per tick; sealing switches to FULL for its one commit (see above).
+        let conn = sqlite::open(path, OpenOptions::new(Synchronous::Normal).mode(DB_MODE))?;
         conn.execute_batch(SCHEMA).map_err(sq)?;
-        restrict_mode(path);
 
         let resealed = conn
             .execute("UPDATE batches SET sealed = 1 WHERE sealed = 0", [])
@@ -408,15 +412,12 @@ impl Outbox {
     }
 }
 
-/// The outbox holds the VM's telemetry: keep it (and its WAL, created with the same
-/// umask) private to the agent's user. Best effort: the state dir is already 0700.
-fn restrict_mode(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
-    }
+/// Locks the outbox; a panic elsewhere while it was held leaves SQLite consistent, so a
+/// poisoned lock is taken over rather than propagated.
+pub(crate) fn lock(outbox: &Mutex<Outbox>) -> MutexGuard<'_, Outbox> {
+    outbox
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

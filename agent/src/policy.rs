@@ -8,13 +8,12 @@
 //! the VM owner's word on which actuators and package managers are on, which URL
 //! prefixes, registries and destination directories are allowed, and how large a
 //! download may be. This module only reads and answers questions; the checks of names
-//! against their grammar are in `preload::validate`, and execution in `preload`.
+//! against their grammar are in `persona_shared::preload::validate`, and execution in
+//! `preload`. The documentation of its keys is `persona_shared::confdoc::POLICY_KEYS`.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-
-use crate::confdoc::KeyDoc;
 
 /// Why a policy file could not be used (the agent then refuses every command).
 #[derive(Debug, thiserror::Error)]
@@ -91,87 +90,6 @@ pub struct Policy {
     pub images: Images,
     pub files: Files,
 }
-
-/// Every key of the policy file, for docs/configuration.md (see `confdoc`).
-pub const POLICY_KEYS: &[KeyDoc] = &[
-    KeyDoc {
-        key: "actions.resize",
-        ty: "boolean",
-        default: Some("false"),
-        allowed: "true or false",
-        meaning: "Carry out resize commands with the guest actuator (`[guest_actuator]` in agent.toml).",
-    },
-    KeyDoc {
-        key: "actions.config_update",
-        ty: "boolean",
-        default: Some("false"),
-        allowed: "true or false",
-        meaning: "Accept live changes of sample_interval_ms and batch_interval_s (same ranges as agent.toml; a later Welcome may set them again).",
-    },
-    KeyDoc {
-        key: "actions.model_update",
-        ty: "boolean",
-        default: Some("false"),
-        allowed: "true or false",
-        meaning: "Accept signed announcements of a model version and checksum that the coordinator then pushes.",
-    },
-    KeyDoc {
-        key: "packages.apt",
-        ty: "boolean",
-        default: Some("false"),
-        allowed: "true or false",
-        meaning: "Pre-load Debian packages with `apt-get install` (through persona-actuator when the agent is not root; the helper re-reads this file).",
-    },
-    KeyDoc {
-        key: "packages.dnf",
-        ty: "boolean",
-        default: Some("false"),
-        allowed: "true or false",
-        meaning: "Pre-load RPM packages with `dnf install`.",
-    },
-    KeyDoc {
-        key: "packages.pip_venv",
-        ty: "path",
-        default: None,
-        allowed: "an absolute path of an existing virtual environment",
-        meaning: "pip installs only into this venv (its bin/pip). Unset: pip off.",
-    },
-    KeyDoc {
-        key: "images.engines",
-        ty: "array of strings",
-        default: Some("[]"),
-        allowed: "\"docker\", \"podman\"",
-        meaning: "Container engines allowed, in order of preference; the first installed one pulls.",
-    },
-    KeyDoc {
-        key: "images.registries",
-        ty: "array of strings",
-        default: Some("[]"),
-        allowed: "reference prefixes, e.g. \"docker.io/library/\"",
-        meaning: "Images allowed, matched on the fully qualified reference (`redis` is `docker.io/library/redis`).",
-    },
-    KeyDoc {
-        key: "files.url_prefixes",
-        ty: "array of strings",
-        default: Some("[]"),
-        allowed: "http(s)://HOST/ followed by a path prefix",
-        meaning: "Where files and data sets may be downloaded from. Redirects are not followed.",
-    },
-    KeyDoc {
-        key: "files.destinations",
-        ty: "array of paths",
-        default: Some("[]"),
-        allowed: "absolute directories without ..",
-        meaning: "Directories files may be written into or below (checked after resolving symlinks).",
-    },
-    KeyDoc {
-        key: "files.max_bytes",
-        ty: "integer",
-        default: Some("0"),
-        allowed: "0 or more (0 = downloads off)",
-        meaning: "Largest single download.",
-    },
-];
 
 /// Engines the agent knows how to drive.
 pub const ENGINES: [&str; 2] = ["docker", "podman"];
@@ -274,6 +192,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use persona_shared::confdoc::{POLICY_KEYS, toml_setting};
 
     fn p() -> &'static Path {
         Path::new("/etc/persona/policy.toml")
@@ -310,7 +229,7 @@ mod tests {
                 k.key
             );
             let Some(d) = k.default else { continue };
-            let text = crate::confdoc::toml_setting(k.key, d);
+            let text = toml_setting(k.key, d);
             assert_eq!(
                 Policy::parse(&text, p()).unwrap(),
                 Policy::deny_all(),

@@ -1,5 +1,5 @@
 //! The root helper's `install_packages` over a real Unix socket
-//! (`persona_agent::actuator::serve_with`):
+//! (`persona_agent::helper::server::serve_with`):
 //! - names that are not package names (shell injection, options, URLs, paths) and
 //!   managers the helper's own policy file turns off are refused, and nothing runs;
 //! - the install runs the manager by argument list with no shell, with
@@ -18,7 +18,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use persona_agent::actuate::GuestActuatorConfig;
-use persona_agent::actuator::{self, HelperConfig, Reply, Request};
+use persona_agent::helper::protocol::{self, Reply, Request};
+use persona_agent::helper::server::{self, HelperConfig};
 use persona_agent::policy::Policy;
 use persona_agent::preload::packages::{Installer, Manager};
 use persona_agent::preload::{self, packages};
@@ -33,7 +34,7 @@ fn helper(dir: &Path, policy: &str, timeout: Duration, programs: Option<PathBuf>
     let policy_file = dir.join("policy.toml");
     std::fs::write(&policy_file, policy).expect("policy");
     let socket = dir.join("actuator.sock");
-    let listener = actuator::bind(&socket).expect("bind");
+    let listener = server::bind(&socket).expect("bind");
     let cfg = HelperConfig {
         guest: GuestActuatorConfig {
             sys_root: dir.join("sys"),
@@ -46,13 +47,13 @@ fn helper(dir: &Path, policy: &str, timeout: Duration, programs: Option<PathBuf>
         program_dir: programs,
     };
     // The accept loop never returns; the thread ends with the test process.
-    std::thread::spawn(move || actuator::serve_with(&listener, &cfg));
+    std::thread::spawn(move || server::serve_with(&listener, &cfg));
     socket
 }
 
 fn install(socket: &Path, manager: Manager, names: &[&str], version: Option<&str>) -> Reply {
     let never = AtomicBool::new(false);
-    actuator::call_until(
+    protocol::call_until(
         socket,
         &Request::InstallPackages {
             manager,

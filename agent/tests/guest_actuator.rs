@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use persona_agent::actuate::cgroup::CgroupVersion;
 use persona_agent::actuate::{ActuateError, GuestActuatorConfig, GuestTarget, apply_resize};
-use persona_agent::actuator::{self, Request};
+use persona_agent::helper::protocol::{self, Request};
+use persona_agent::helper::server;
 use persona_shared::resize::{DiskLimits, ResizeRequest};
 
 fn write(path: &Path, text: &str) {
@@ -152,13 +153,13 @@ fn privileged_writes_go_through_the_helper_socket() {
     let sys = dir.path().join("sys");
     fixture_sysfs(&sys);
     let socket = dir.path().join("actuator.sock");
-    let listener = actuator::bind(&socket).expect("bind");
+    let listener = server::bind(&socket).expect("bind");
     // The helper's own view: the same tree, a floor of 2.
     let helper_cfg = GuestActuatorConfig {
         cpu_floor: 2,
         ..machine_cfg(&sys)
     };
-    std::thread::spawn(move || actuator::serve(&listener, &helper_cfg));
+    std::thread::spawn(move || server::serve(&listener, &helper_cfg));
     let agent_cfg = GuestActuatorConfig {
         helper_socket: Some(socket.clone()),
         ..machine_cfg(&sys)
@@ -173,7 +174,7 @@ fn privileged_writes_go_through_the_helper_socket() {
     assert!(matches!(e, ActuateError::Helper { .. }), "{e}");
     assert!(e.to_string().contains("refused"), "{e}");
     // And never takes cpu0 offline, whoever asks.
-    let r = actuator::call(
+    let r = protocol::call(
         &socket,
         &Request::CpuOnline {
             cpu: 0,
@@ -391,7 +392,7 @@ fn a_real_cpu_quota_throttles_a_busy_loop() {
     let group = slice.group("cpu");
     assert_eq!(read(&group.join("cpu.cfs_quota_us")), "100000");
     // 20% of one CPU, through the same allow-listed request the helper serves.
-    actuator::perform(
+    persona_agent::actuate::perform(
         &Request::CgroupLimit {
             group: "shared".into(),
             cpu_max_millicores: Some(200),

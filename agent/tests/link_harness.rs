@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use persona_agent::config::AgentConfig;
-use persona_agent::enroll::{EnrollError, EnrollOptions, Identity, enroll};
+use persona_agent::enroll::{EnrollError, EnrollOptions, enroll};
+use persona_agent::identity::{Identity, IdentityError};
 use persona_shared::protocol::{
     ALPN, AgentMsg, CoordMsg, DEFAULT_MAX_FRAME, EnrollResponse, Reject, RejectCode, SERVER_NAME,
     Welcome, decode_body, encode_frame, frame_len,
@@ -273,7 +274,7 @@ async fn wait_for(state: &Arc<Mutex<State>>, what: &str, mut cond: impl FnMut(&S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_stream_survive_a_coordinator_restart_and_drain() {
-    persona_agent::logging::init();
+    persona_shared::logging::init();
     let pki = Arc::new(pki());
     let state = Arc::new(Mutex::new(State::default()));
     let server = Server::start(&pki, &state, "127.0.0.1:0".parse().unwrap()).await;
@@ -312,7 +313,7 @@ async fn enroll_stream_survive_a_coordinator_restart_and_drain() {
     assert_eq!(e.to_string(), "token rejected: expired");
     assert!(matches!(
         Identity::load(&state_dir),
-        Err(EnrollError::NotEnrolled { .. })
+        Err(IdentityError::NotEnrolled { .. })
     ));
 
     let id = enroll(opts).await.unwrap();

@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use persona_agent::config::AgentConfig;
-use persona_agent::enroll::{EnrollOptions, Identity, enroll};
+use persona_agent::enroll::{EnrollOptions, enroll};
+use persona_agent::identity::Identity;
 
 use persona_coordinator::ServerSettings;
 use persona_coordinator::{CoordError, ServeOptions, start};

@@ -146,7 +146,7 @@ async fn serve(opts: ServeOptions) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     // Both listeners are bound and serving: only now is the unit "started".
-    persona_agent::systemd::notify_or_log(&format!(
+    persona_shared::systemd::notify_or_log(&format!(
         "READY=1\nSTATUS=serving QUIC on {}, API on {}",
         coord.quic_addr, coord.http_addr
     ));
@@ -157,7 +157,7 @@ async fn serve(opts: ServeOptions) -> Result<(), String> {
     ));
     stop.await;
     tracing::info!("shutting down");
-    persona_agent::systemd::notify_or_log("STOPPING=1\nSTATUS=finishing in-flight commits");
+    persona_shared::systemd::notify_or_log("STOPPING=1\nSTATUS=finishing in-flight commits");
     let _ = tx.send(true);
     coord.wait().await;
     watchdog.abort();
@@ -166,7 +166,7 @@ async fn serve(opts: ServeOptions) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    persona_agent::logging::init();
+    persona_shared::logging::init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

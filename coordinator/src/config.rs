@@ -10,7 +10,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use persona_agent::confdoc::{AGENT_KEYS, KeyDoc, render_section};
+use persona_shared::confdoc::{AGENT_KEYS, KeyDoc, render_section};
+use persona_shared::config::LoadError;
 use serde::Deserialize;
 
 /// How to run the coordinator.
@@ -72,17 +73,9 @@ pub const MAX_FRAME_BYTES: std::ops::RangeInclusive<i64> = 1024..=(64 << 20);
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// toml's message names the key, the line and the offending text.
-    #[error("invalid config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    /// Unreadable, or not TOML for these keys (toml's message names the key and line).
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error("invalid configuration ({source_name}): key `{key}` = {value}: allowed: {allowed}")]
     Invalid {
         /// The file, or "command line".
@@ -151,19 +144,14 @@ pub struct Overrides {
 impl CoordConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<CoordConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        let cfg: CoordConfig = persona_shared::config::load(path)?;
+        cfg.validate(&path.display().to_string())?;
+        Ok(cfg)
     }
 
     /// Parses and checks config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<CoordConfig, ConfigError> {
-        let cfg: CoordConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
+        let cfg: CoordConfig = persona_shared::config::parse(text, path)?;
         cfg.validate(&path.display().to_string())?;
         Ok(cfg)
     }
@@ -237,7 +225,7 @@ impl CoordConfig {
             ));
         }
         if let Some(a) = &self.advertise
-            && !persona_agent::config::looks_like_host_port(a)
+            && !persona_shared::addr::looks_like_host_port(a)
         {
             return Err(bad("advertise", format!("{a:?}"), "HOST:PORT"));
         }
@@ -372,7 +360,7 @@ pub const COORDINATOR_KEYS: &[KeyDoc] = &[
 pub fn render_reference() -> String {
     let mut out = String::from(
         "# Configuration reference\n\n\
-         <!-- Generated from the key tables in agent/src/confdoc.rs and coordinator/src/config.rs.\n     \
+         <!-- Generated from the key tables in shared/src/confdoc/ and coordinator/src/config.rs.\n     \
          Do not edit: run `PERSONA_BLESS=1 cargo test -p persona-coordinator config_reference` to regenerate. -->\n\n\
          Both files are TOML. Every key is optional (the default applies), unknown keys are\n\
          refused with the file and key named, and an invalid value is reported with the file,\n\
@@ -391,7 +379,7 @@ pub fn render_reference() -> String {
          default: a missing file, an empty file or an omitted key all mean no. Re-read for every \
          command, so an edit needs no restart. Package, image and path names are also checked \
          against their grammar, and nothing is run through a shell.",
-        persona_agent::policy::POLICY_KEYS,
+        persona_shared::confdoc::POLICY_KEYS,
     );
     out += "\n";
     out += &render_section(
@@ -437,7 +425,7 @@ mod tests {
         assert!(e.contains("not an absolute path"), "{e}");
     }
 
-    use persona_agent::confdoc::toml_setting;
+    use persona_shared::confdoc::toml_setting;
 
     fn p() -> &'static Path {
         Path::new("/etc/persona/coordinator.toml")

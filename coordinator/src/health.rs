@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use persona_agent::systemd;
+use persona_shared::systemd;
 
 use crate::ingest::{HEARTBEAT_EVERY, Ingest};
 

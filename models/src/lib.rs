@@ -17,6 +17,7 @@
 //! build does not.
 
 pub mod corpus;
+mod envelope;
 mod error;
 pub mod eval;
 pub mod features;

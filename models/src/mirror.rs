@@ -28,6 +28,9 @@ use persona_shared::window::FEATURE_DIM;
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+/// Lower-case hex, as model checksums are shown.
+pub use crate::envelope::hex;
+use crate::envelope::{self, FileKind, sha256};
 use crate::profiler::{Mlp, inference_device};
 
 /// The `kind` string of a mirror model file.
@@ -36,6 +39,13 @@ pub const MODEL_KIND: &str = "persona-mirror";
 pub const FORMAT_VERSION: u32 = 1;
 /// Largest model file accepted (a real one is a few tens of kB).
 pub const MAX_MODEL_BYTES: usize = 16 * 1024 * 1024;
+
+const FILE: FileKind = FileKind {
+    kind: MODEL_KIND,
+    format_version: FORMAT_VERSION,
+    max_bytes: MAX_MODEL_BYTES,
+    what: "mirror model file",
+};
 const MAX_HIDDEN: usize = 1024;
 const MAX_SLUGS: usize = 1024;
 
@@ -56,16 +66,6 @@ pub struct MirrorMeta {
     pub seed: u64,
     /// When it was trained (ms since the epoch; 0 for the reproducible shipped build).
     pub created_ms: i64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Envelope {
-    kind: String,
-    format_version: u32,
-    #[serde(with = "serde_bytes")]
-    sha256: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    payload: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -90,18 +90,6 @@ pub struct Mirror {
     file_sha256: [u8; 32],
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// SHA-256 of a whole model file, as sent in a model push.
 pub fn file_sha256(bytes: &[u8]) -> [u8; 32] {
     sha256(bytes)
@@ -122,38 +110,7 @@ impl Mirror {
     /// the weights. A feature size other than this build's is refused: the model was made
     /// for another window definition.
     pub fn from_bytes(bytes: &[u8]) -> Result<Mirror, ModelError> {
-        if bytes.len() > MAX_MODEL_BYTES {
-            return Err(ModelError::InputTooLarge {
-                what: "mirror model file",
-                size: bytes.len(),
-                max: MAX_MODEL_BYTES,
-            });
-        }
-        let env: Envelope = rmp_serde::from_slice(bytes).map_err(|e| ModelError::Corrupt {
-            reason: format!("envelope: {e}"),
-        })?;
-        if env.kind != MODEL_KIND {
-            return Err(ModelError::Foreign {
-                found: env.kind,
-                expected: MODEL_KIND,
-            });
-        }
-        if env.format_version != FORMAT_VERSION {
-            return Err(ModelError::UnsupportedVersion {
-                found: env.format_version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let actual = sha256(&env.payload);
-        if env.sha256.as_slice() != actual.as_slice() {
-            return Err(ModelError::ChecksumMismatch {
-                expected: hex(&env.sha256),
-                actual: hex(&actual),
-            });
-        }
-        let body: Body = rmp_serde::from_slice(&env.payload).map_err(|e| ModelError::Corrupt {
-            reason: format!("payload: {e}"),
-        })?;
+        let (body, actual): (Body, _) = envelope::open(bytes, FILE)?;
         let invalid = |reason: String| ModelError::Invalid { reason };
         if body.feature_dim != FEATURE_DIM {
             return Err(invalid(format!(
@@ -278,18 +235,7 @@ pub(crate) fn encode(
         meta,
         module: module.to_vec(),
     };
-    let payload = rmp_serde::to_vec_named(&body).map_err(|e| ModelError::Encode {
-        reason: format!("payload: {e}"),
-    })?;
-    let env = Envelope {
-        kind: MODEL_KIND.to_string(),
-        format_version: FORMAT_VERSION,
-        sha256: sha256(&payload).to_vec(),
-        payload,
-    };
-    rmp_serde::to_vec_named(&env).map_err(|e| ModelError::Encode {
-        reason: format!("envelope: {e}"),
-    })
+    envelope::seal(&body, FILE)
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use burn::tensor::activation::{relu, softmax};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::envelope::{self, FileKind, hex};
 use crate::features::{FeatureConfig, Featurizer, MAX_INPUT_BYTES, MAX_SOFTWARE};
 
 pub use crate::corpus::{Example, shipped_corpus};
@@ -38,6 +39,13 @@ pub const MODEL_KIND: &str = "persona-profiler";
 pub const FORMAT_VERSION: u32 = 1;
 /// Largest model file accepted, so a hostile file cannot make us allocate without bound.
 pub const MAX_MODEL_BYTES: usize = 64 * 1024 * 1024;
+
+const FILE: FileKind = FileKind {
+    kind: MODEL_KIND,
+    format_version: FORMAT_VERSION,
+    max_bytes: MAX_MODEL_BYTES,
+    what: "model file",
+};
 /// Largest hidden layer accepted from a model file.
 const MAX_HIDDEN: usize = 4096;
 /// Most personas a model may have.
@@ -71,16 +79,6 @@ pub struct ModelMeta {
     pub n_test: usize,
     /// Seed of the run.
     pub seed: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Envelope {
-    kind: String,
-    format_version: u32,
-    #[serde(with = "serde_bytes")]
-    sha256: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    payload: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -174,17 +172,6 @@ pub struct Profiler {
     sha256: [u8; 32],
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
 /// The CPU device inference runs on (flex: pure Rust, single-threaded in our build).
 pub(crate) fn inference_device() -> Device {
     Device::flex()
@@ -198,38 +185,7 @@ impl Profiler {
 
     /// Loads a model file, checking kind, format version and checksum first.
     pub fn from_bytes(bytes: &[u8]) -> Result<Profiler, ModelError> {
-        if bytes.len() > MAX_MODEL_BYTES {
-            return Err(ModelError::InputTooLarge {
-                what: "model file",
-                size: bytes.len(),
-                max: MAX_MODEL_BYTES,
-            });
-        }
-        let env: Envelope = rmp_serde::from_slice(bytes).map_err(|e| ModelError::Corrupt {
-            reason: format!("envelope: {e}"),
-        })?;
-        if env.kind != MODEL_KIND {
-            return Err(ModelError::Foreign {
-                found: env.kind,
-                expected: MODEL_KIND,
-            });
-        }
-        if env.format_version != FORMAT_VERSION {
-            return Err(ModelError::UnsupportedVersion {
-                found: env.format_version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let actual = sha256(&env.payload);
-        if env.sha256.as_slice() != actual.as_slice() {
-            return Err(ModelError::ChecksumMismatch {
-                expected: hex(&env.sha256),
-                actual: hex(&actual),
-            });
-        }
-        let body: Body = rmp_serde::from_slice(&env.payload).map_err(|e| ModelError::Corrupt {
-            reason: format!("payload: {e}"),
-        })?;
+        let (body, actual): (Body, _) = envelope::open(bytes, FILE)?;
         let invalid = |reason: String| ModelError::Invalid { reason };
         body.features.validate().map_err(invalid)?;
         if body.slugs.is_empty() || body.slugs.len() > MAX_SLUGS {
@@ -400,18 +356,7 @@ pub(crate) fn encode_model(
         meta,
         module: module.to_vec(),
     };
-    let payload = rmp_serde::to_vec_named(&body).map_err(|e| ModelError::Encode {
-        reason: format!("payload: {e}"),
-    })?;
-    let env = Envelope {
-        kind: MODEL_KIND.to_string(),
-        format_version: FORMAT_VERSION,
-        sha256: sha256(&payload).to_vec(),
-        payload,
-    };
-    rmp_serde::to_vec_named(&env).map_err(|e| ModelError::Encode {
-        reason: format!("envelope: {e}"),
-    })
+    envelope::seal(&body, FILE)
 }
 
 #[cfg(feature = "train")]

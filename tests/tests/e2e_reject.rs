@@ -279,6 +279,7 @@ fn bad_clients_are_refused_and_an_enrolled_agent_keeps_streaming() {
         "token_revoked",
         "revoked_agent",
         "bad_certificate",
+        "bad_alpn",
         "no_client_certificate",
         "frame_too_large",
         "bad_message",

@@ -1,6 +1,8 @@
 //! The mechanical "Done when" rules of issue 17 (the coordinator's layers), one test each:
-//! - no module import loop in `coordinator/src` or in `agent/src` (see
-//!   `persona_tests::layers` for what counts as an import);
+//! - no module import loop in `coordinator/src`, `agent/src` or `shared/src` (see
+//!   `persona_tests::layers` for what counts as an import), between files and, for the
+//!   coordinator, between its top-level modules (its layers: `store` never reaches back
+//!   up to `api`, even through a sibling file);
 //! - `coordinator/src` holds at most 6 files at its root;
 //! - only files under `coordinator/src/store/` name `rusqlite`.
 //!
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use persona_tests::layers::{Graph, Import, imports, scan_file, strip};
 
-const CRATES: [&str; 2] = ["coordinator/src", "agent/src"];
+const CRATES: [&str; 3] = ["coordinator/src", "agent/src", "shared/src"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,6 +52,113 @@ fn no_import_loop_in_coordinator_src() {
 #[test]
 fn no_import_loop_in_agent_src() {
     assert_no_loops("agent/src");
+}
+
+#[test]
+fn no_import_loop_in_shared_src() {
+    assert_no_loops("shared/src");
+}
+
+type Layers = std::collections::BTreeMap<String, std::collections::BTreeSet<String>>;
+
+/// The graph of top-level modules (`api`, `store`, ...; `lib` for the crate root): a
+/// file's imports become its top-level module's, and a module's imports of itself drop.
+fn layer_edges(g: &Graph) -> Layers {
+    let top = |f: &Path| {
+        g.files
+            .get(f)
+            .and_then(|m| m.first().cloned())
+            .unwrap_or_else(|| "lib".to_owned())
+    };
+    let mut out = Layers::new();
+    for (from, tos) in &g.edges {
+        let a = top(from);
+        let set = out.entry(a.clone()).or_default();
+        for to in tos.keys() {
+            let b = top(to);
+            if b != a {
+                set.insert(b);
+            }
+        }
+    }
+    out
+}
+
+/// One loop through top-level modules, if there is any.
+fn layer_loop(edges: &Layers) -> Option<Vec<String>> {
+    fn visit(
+        n: &str,
+        edges: &Layers,
+        state: &mut std::collections::BTreeMap<String, u8>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        state.insert(n.to_owned(), 1);
+        stack.push(n.to_owned());
+        for m in edges.get(n).into_iter().flatten() {
+            match state.get(m.as_str()).copied() {
+                Some(1) => {
+                    let at = stack.iter().position(|x| x == m).unwrap_or(0);
+                    let mut l = stack[at..].to_vec();
+                    l.push(m.clone());
+                    return Some(l);
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(l) = visit(m, edges, state, stack) {
+                        return Some(l);
+                    }
+                }
+            }
+        }
+        stack.pop();
+        state.insert(n.to_owned(), 2);
+        None
+    }
+    let mut state = std::collections::BTreeMap::new();
+    for n in edges.keys() {
+        if !state.contains_key(n.as_str())
+            && let Some(l) = visit(n, edges, &mut state, &mut Vec::new())
+        {
+            return Some(l);
+        }
+    }
+    None
+}
+
+#[test]
+fn coordinator_layers_point_only_down() {
+    let edges = layer_edges(&graph("coordinator/src"));
+    // The store is the bottom of the feature layers: it names no other module.
+    assert!(
+        edges.get("store").is_none_or(|s| s.is_empty()),
+        "store imports {:?}",
+        edges.get("store")
+    );
+    let found = layer_loop(&edges);
+    assert!(
+        found.is_none(),
+        "top-level modules in a loop: {found:?}\nall: {edges:?}"
+    );
+}
+
+#[test]
+fn a_loop_between_layers_is_found() {
+    let mut e = Layers::new();
+    e.entry("api".into()).or_default().insert("profile".into());
+    e.entry("profile".into())
+        .or_default()
+        .insert("store".into());
+    assert!(layer_loop(&e).is_none());
+    e.entry("store".into()).or_default().insert("api".into());
+    assert_eq!(
+        layer_loop(&e),
+        Some(vec![
+            "api".into(),
+            "profile".into(),
+            "store".into(),
+            "api".into()
+        ])
+    );
 }
 
 #[test]

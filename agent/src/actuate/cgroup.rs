@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::ActuateError;
+use super::error::ActuateError;
 
 /// Which cgroup interface to use (`guest_actuator.cgroup_version`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -4,11 +4,11 @@
 //! and the count never goes below the configured floor.
 //!
 //! What it is not: hot-adding CPUs (only the hypervisor can), or the write itself (it
-//! goes through `persona_agent::actuator`, directly or via the root helper).
+//! goes through `privileged`, directly or via the root helper).
 
 use std::path::{Path, PathBuf};
 
-use super::ActuateError;
+use super::error::ActuateError;
 
 /// Highest CPU number accepted from sysfs (the kernel's NR_CPUS bound).
 pub const MAX_CPU: u32 = 8191;

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::ActuateError;
+use super::error::ActuateError;
 
 const MIB: u64 = 1 << 20;
 

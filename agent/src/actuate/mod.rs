@@ -5,7 +5,7 @@
 //! growing it. Every change is read back, and a resize counts as done only when the read
 //! back shows it (`ResizeOutcome::verified`).
 //!
-//! The privileged writes are the allow-listed requests of `persona_agent::actuator`:
+//! The privileged writes are the allow-listed requests of `crate::helper::protocol`:
 //! sent to the root helper `persona-actuator` over its socket when
 //! `guest_actuator.helper_socket` is set (the packaged setup: the agent runs
 //! unprivileged), or performed in this process by the same checked code when it is
@@ -17,136 +17,28 @@
 //! [`apply_resize`] is called.
 
 pub mod cgroup;
+mod config;
 pub mod cpu;
+mod error;
 pub mod memory;
+mod privileged;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use persona_shared::resize::{ResizeOutcome, ResizeRequest};
-use serde::Deserialize;
 
-use crate::actuator::{self, Request};
-use cgroup::{CgroupVersion, IoMax};
+use crate::helper::protocol::{self, Request};
+use cgroup::IoMax;
 
-/// Why a guest resize failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ActuateError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot write {value:?} to {path}: {source}")]
-    Write {
-        path: PathBuf,
-        value: String,
-        source: std::io::Error,
-    },
-    #[error("unexpected content in {path}: {detail}")]
-    Parse { path: PathBuf, detail: String },
-    /// The request crosses a safety bound (floor, cpu0).
-    #[error("refused: {0}")]
-    Refused(String),
-    /// The guest cannot make this change (more CPUs than present, shrinking memory).
-    #[error("not possible in the guest: {0}")]
-    Unsupported(String),
-    #[error("invalid resize request: {0}")]
-    Invalid(String),
-    /// The root helper could not be reached or said no.
-    #[error("persona-actuator at {socket}: {detail}")]
-    Helper { socket: PathBuf, detail: String },
-}
-
-/// What the guest actuator acts on (`guest_actuator.target`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GuestTarget {
-    /// The VM itself: CPU and memory hotplug inside the guest.
-    #[default]
-    Machine,
-    /// A delegated cgroup: limits, for sharing the VM.
-    Slice,
-}
-
-/// `[guest_actuator]` in the agent's config file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GuestActuatorConfig {
-    pub target: GuestTarget,
-    /// Fewest online vCPUs a resize may leave (at least 1; cpu0 always stays).
-    pub cpu_floor: u32,
-    /// The root helper's socket; unset = write directly (the agent must be root).
-    pub helper_socket: Option<PathBuf>,
-    pub cgroup_root: PathBuf,
-    pub cgroup_version: CgroupVersion,
-    /// The delegated slice under the cgroup root.
-    pub cgroup_parent: String,
-    /// The group inside the slice that `slice` mode limits.
-    pub cgroup_group: String,
-    /// CFS period for CPU quotas.
-    pub cpu_period_us: u64,
-    /// Where sysfs is mounted: the agent's `sys_root` (not a key of this table).
-    #[serde(skip)]
-    pub sys_root: PathBuf,
-}
-
-impl Default for GuestActuatorConfig {
-    fn default() -> Self {
-        Self {
-            target: GuestTarget::Machine,
-            cpu_floor: 1,
-            helper_socket: Some(PathBuf::from(actuator::DEFAULT_SOCKET)),
-            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
-            cgroup_version: CgroupVersion::Auto,
-            cgroup_parent: "persona.slice".into(),
-            cgroup_group: "shared".into(),
-            cpu_period_us: 100_000,
-            sys_root: PathBuf::from("/sys"),
-        }
-    }
-}
-
-impl GuestActuatorConfig {
-    /// The agent's `[guest_actuator]` table with its `sys_root`.
-    pub fn from_agent(cfg: &crate::config::AgentConfig) -> Self {
-        Self {
-            sys_root: cfg.sys_root.clone(),
-            ..cfg.guest_actuator.clone()
-        }
-    }
-
-    /// Checks ranges and names; returns the offending key (for `AgentConfig::validate`).
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if !(1..=8192).contains(&self.cpu_floor) {
-            return Err((
-                "guest_actuator.cpu_floor",
-                format!("{} is outside 1..=8192", self.cpu_floor),
-            ));
-        }
-        if !(1_000..=1_000_000).contains(&self.cpu_period_us) {
-            return Err((
-                "guest_actuator.cpu_period_us",
-                format!("{} is outside 1000..=1000000", self.cpu_period_us),
-            ));
-        }
-        for (key, name) in [
-            ("guest_actuator.cgroup_parent", &self.cgroup_parent),
-            ("guest_actuator.cgroup_group", &self.cgroup_group),
-        ] {
-            if !cgroup::valid_name(name) {
-                return Err((key, format!("{name:?} is not 1 to 64 of [a-z0-9._-]")));
-            }
-        }
-        Ok(())
-    }
-}
+pub use config::{GuestActuatorConfig, GuestTarget};
+pub use error::ActuateError;
+pub use privileged::perform;
 
 /// Sends one allow-listed request to the helper, or performs it here.
 fn privileged(req: &Request, cfg: &GuestActuatorConfig) -> Result<String, ActuateError> {
     match &cfg.helper_socket {
         Some(socket) => {
-            let reply = actuator::call(socket, req).map_err(|e| ActuateError::Helper {
+            let reply = protocol::call(socket, req).map_err(|e| ActuateError::Helper {
                 socket: socket.clone(),
                 detail: e.to_string(),
             })?;
@@ -163,7 +55,7 @@ fn privileged(req: &Request, cfg: &GuestActuatorConfig) -> Result<String, Actuat
                 })
             }
         }
-        None => actuator::perform(req, cfg),
+        None => perform(req, cfg),
     }
 }
 
@@ -323,15 +215,5 @@ fn apply_slice(
             .filter(|_| back.cpu_period_us > 0)
             .map(|q| (q / back.cpu_period_us.max(1)) as u32),
         observed_memory_mib: back.memory_bytes.map(|b| b >> 20),
-    })
-}
-
-/// Writes `value` to a sysfs control file (the helper's and the direct path's one
-/// way of writing).
-pub(crate) fn write_control(path: &Path, value: &str) -> Result<(), ActuateError> {
-    std::fs::write(path, value).map_err(|source| ActuateError::Write {
-        path: path.to_owned(),
-        value: value.to_owned(),
-        source,
     })
 }

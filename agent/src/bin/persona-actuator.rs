@@ -1,5 +1,5 @@
 //! `persona-actuator`: the root helper that performs the agent's allow-listed privileged
-//! actions (see `persona_agent::actuator` and docs/operations.md). Argument parsing only.
+//! actions (see `persona_agent::helper` and docs/operations.md). Argument parsing only.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,7 +24,7 @@ the unprivileged persona-agent is its only client."
 )]
 struct Cli {
     /// Socket path.
-    #[arg(long, default_value = persona_agent::actuator::DEFAULT_SOCKET)]
+    #[arg(long, default_value = persona_agent::helper::protocol::DEFAULT_SOCKET)]
     socket: PathBuf,
     /// The agent's config file (missing = the defaults).
     #[arg(long, default_value = "/etc/persona/agent.toml")]
@@ -52,9 +52,9 @@ fn load(path: &Path) -> Result<(GuestActuatorConfig, PathBuf), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    persona_agent::logging::init();
+    persona_shared::logging::init();
     let cfg = match load(&cli.config) {
-        Ok((guest, policy_file)) => persona_agent::actuator::HelperConfig {
+        Ok((guest, policy_file)) => persona_agent::helper::server::HelperConfig {
             guest,
             policy_file,
             install_timeout: Duration::from_secs(cli.install_timeout_s),
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match persona_agent::actuator::bind(&cli.socket) {
+    let listener = match persona_agent::helper::server::bind(&cli.socket) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("persona-actuator: {e}");
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
         cgroup = %cfg.guest.cgroup_root.join(&cfg.guest.cgroup_parent).display(),
         policy = %cfg.policy_file.display(), install_timeout_s = cli.install_timeout_s,
         "actuator listening");
-    persona_agent::systemd::notify_or_log("READY=1");
-    persona_agent::actuator::serve_with(&listener, &cfg);
+    persona_shared::systemd::notify_or_log("READY=1");
+    persona_agent::helper::server::serve_with(&listener, &cfg);
     ExitCode::SUCCESS
 }

@@ -16,6 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use persona_shared::events::AgentEvent;
+use persona_shared::sqlite::{self, OpenOptions, SqliteError, Synchronous};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Most events kept unacknowledged.
@@ -24,6 +25,8 @@ pub const MAX_EVENTS: i64 = 10_000;
 /// Queue errors, each with the database file.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    #[error("event queue: {0}")]
+    Open(#[from] SqliteError),
     #[error("event queue {path}: {source}")]
     Sqlite {
         path: PathBuf,
@@ -69,13 +72,11 @@ impl EventQueue {
             path: path.to_owned(),
             source,
         };
-        let conn = Connection::open(path).map_err(sq)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sq)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(sq)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sq)?;
+        // The queue's tables live in the outbox's file: the same durability and mode.
+        let conn = sqlite::open(
+            path,
+            OpenOptions::new(Synchronous::Normal).mode(crate::outbox::DB_MODE),
+        )?;
         conn.execute_batch(SCHEMA).map_err(sq)?;
         Ok(EventQueue {
             conn,

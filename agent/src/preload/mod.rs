@@ -14,18 +14,15 @@
 pub mod download;
 pub mod images;
 pub mod packages;
-pub mod validate;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use persona_shared::command::{PackageManager, PreloadPlan, PreloadStep};
+use persona_shared::preload::{MAX_STEPS, validate};
 use serde::Serialize;
 
 use crate::policy::Policy;
-
-/// Most steps in one plan.
-pub const MAX_STEPS: usize = 256;
 
 /// Why a plan was refused or failed.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// The managers the helper drives; named in its requests, so defined by its protocol.
+pub use crate::helper::protocol::Manager;
+use crate::helper::protocol::{self, CallError, Request};
+
 /// Where system programs are looked up, in order.
 const SYSTEM_DIRS: [&str; 5] = ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"];
 /// Longest a package install or image pull may run.
@@ -282,25 +286,6 @@ pub fn pip_install(
     argv.run(INSTALL_TIMEOUT, cancel).map(|_| ())
 }
 
-/// A package manager, as named in helper requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Manager {
-    Apt,
-    Dnf,
-    Pip,
-}
-
-impl Manager {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Manager::Apt => "apt",
-            Manager::Dnf => "dnf",
-            Manager::Pip => "pip",
-        }
-    }
-}
-
 /// A fully resolved install: program, arguments and environment. Built only from names
 /// that passed their grammar (callers check; the helper checks again).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -433,22 +418,21 @@ impl Installer {
                 },
             },
             Installer::Helper(socket) => {
-                let req = crate::actuator::Request::InstallPackages {
+                let req = Request::InstallPackages {
                     manager,
                     packages: vec![name.to_owned()],
                     version: version.map(str::to_owned),
                 };
                 // The helper kills the install at its own deadline (at most this long).
                 let deadline = INSTALL_TIMEOUT + Duration::from_secs(60);
-                let reply = crate::actuator::call_until(socket, &req, deadline, cancel).map_err(
-                    |e| match e {
-                        crate::actuator::CallError::Cancelled => ExecError::Cancelled,
+                let reply =
+                    protocol::call_until(socket, &req, deadline, cancel).map_err(|e| match e {
+                        CallError::Cancelled => ExecError::Cancelled,
                         other => ExecError::Helper {
                             socket: socket.clone(),
                             detail: other.to_string(),
                         },
-                    },
-                )?;
+                    })?;
                 if reply.ok {
                     Ok(())
                 } else {

@@ -76,7 +76,7 @@ impl QmpConfig {
     pub(crate) fn check(&self) -> Result<(), String> {
         match (&self.socket, &self.tcp) {
             (Some(_), None) => {}
-            (None, Some(t)) if persona_agent::config::looks_like_host_port(t) => {}
+            (None, Some(t)) if persona_shared::addr::looks_like_host_port(t) => {}
             (None, Some(t)) => return Err(format!("qmp.tcp {t:?} is not HOST:PORT")),
             _ => return Err("qmp needs exactly one of socket and tcp".into()),
         }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use persona_shared::command::CommandUpdate;
 use persona_shared::protocol::{self, CoordMsg};
+use persona_shared::wire::WireError;
 use quinn::SendStream;
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -154,6 +155,17 @@ pub fn open_session(
     rx
 }
 
+/// Why the control stream's loop ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Reading the agent's next frame failed (or the agent finished the stream).
+    #[error("{0}")]
+    Read(WireError),
+    /// Writing a pushed command failed: the stream is gone or the push cannot be framed.
+    #[error("cannot push on the control stream: {0}")]
+    Push(WireError),
+}
+
 /// Awaits `read` (the control stream's next frame) while writing whatever the delivery
 /// task pushes on the same stream. The read future is kept across pushes, so no byte
 /// of an incoming frame is lost.
@@ -162,25 +174,25 @@ pub async fn read_or_push<F>(
     tx: &mut SendStream,
     pushes: &mut Option<mpsc::Receiver<CoordMsg>>,
     max: usize,
-) -> Result<Vec<u8>, String>
+) -> Result<Vec<u8>, ControlError>
 where
-    F: Future<Output = Result<Vec<u8>, String>>,
+    F: Future<Output = Result<Vec<u8>, WireError>>,
 {
     tokio::pin!(read);
     loop {
         let Some(rx) = pushes.as_mut() else {
-            return read.await;
+            return read.await.map_err(ControlError::Read);
         };
         tokio::select! {
-            r = &mut read => return r,
+            r = &mut read => return r.map_err(ControlError::Read),
             m = rx.recv() => match m {
                 Some(msg) => {
                     let mut buf = Vec::with_capacity(512);
                     protocol::encode_frame(&msg, &mut buf, max)
-                        .map_err(|e| format!("control stream closed: cannot encode a push: {e}"))?;
+                        .map_err(|e| ControlError::Push(WireError::Frame(e)))?;
                     tx.write_all(&buf)
                         .await
-                        .map_err(|e| format!("control stream closed while pushing: {e}"))?;
+                        .map_err(|e| ControlError::Push(WireError::Write(e.into())))?;
                 }
                 None => *pushes = None,
             }

@@ -132,18 +132,18 @@ fn check_action(a: &Action) -> Result<(), CommandError> {
                     "a pre-load plan needs at least one step".into(),
                 ));
             }
-            if p.steps.len() > persona_agent::preload::MAX_STEPS {
+            if p.steps.len() > persona_shared::preload::MAX_STEPS {
                 return Err(CommandError::Invalid(format!(
                     "{} steps; at most {}",
                     p.steps.len(),
-                    persona_agent::preload::MAX_STEPS
+                    persona_shared::preload::MAX_STEPS
                 )));
             }
             for s in &p.steps {
                 if let PreloadStep::File { sha256, url, .. } = s {
-                    persona_agent::preload::validate::sha256_hex(sha256)
+                    persona_shared::preload::validate::sha256_hex(sha256)
                         .map_err(|e| CommandError::Invalid(e.to_string()))?;
-                    persona_agent::preload::validate::url(url)
+                    persona_shared::preload::validate::url(url)
                         .map_err(|e| CommandError::Invalid(e.to_string()))?;
                 }
             }

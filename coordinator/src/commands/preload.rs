@@ -22,8 +22,8 @@
 //! execution time and makes a resent plan idempotent. What it is not: execution
 //! (`persona_agent::preload`) or delivery (`commands`).
 
-use persona_agent::preload::validate;
 use persona_shared::command::{PackageManager, PreloadPlan, PreloadStep};
+use persona_shared::preload::validate;
 use serde::{Deserialize, Serialize};
 
 use crate::profile::sizing::PlanItem;

@@ -36,7 +36,7 @@ pub(super) async fn enrollment(conn: Connection, ing: Arc<Ingest>) {
         Ok(Err(e)) => {
             ing.app.stats.reject("bad_frame");
             ing.log.warn("bad_frame", peer, &e);
-            reject(&mut tx, RejectCode::BadMessage, e, max).await;
+            reject(&mut tx, RejectCode::BadMessage, e.to_string(), max).await;
             conn.close(VarInt::from_u32(2), b"bad frame");
             return;
         }

@@ -26,6 +26,8 @@ use tracing::{info, warn};
 
 use persona_shared::protocol::{self, CoordMsg, Reject, RejectCode};
 
+use persona_shared::wire::WireError;
+
 use crate::app::App;
 
 use crate::store;
@@ -240,20 +242,22 @@ async fn retention_loop(ing: Arc<Ingest>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// The refusal label of a failed handshake, from the error's kind and the TLS alert it
+/// carries (never its text): a wrong ALPN is `bad_alpn`, a certificate problem
+/// `bad_certificate`, a peer that gave up `handshake_aborted`.
 fn classify_handshake(e: &quinn::ConnectionError) -> &'static str {
-    let s = e.to_string().to_ascii_lowercase();
-    if s.contains("application protocol") || s.contains("alpn") {
-        "bad_alpn"
-    } else if s.contains("certificate")
-        || s.contains("unknownca")
-        || s.contains("unknown ca")
-        || s.contains("issuer")
-    {
-        "bad_certificate"
-    } else if s.contains("timed out") {
-        "handshake_timeout"
-    } else {
-        "handshake_failed"
+    use quinn::{ConnectionError as C, TransportErrorCode as T};
+    // TLS alert numbers (RFC 8446 section 6), carried as QUIC crypto errors.
+    const NO_APPLICATION_PROTOCOL: u8 = 120;
+    const CERTIFICATE_ALERTS: [u8; 8] = [42, 43, 44, 45, 46, 48, 49, 116];
+    match e {
+        C::TransportError(t) if t.code == T::crypto(NO_APPLICATION_PROTOCOL) => "bad_alpn",
+        C::TransportError(t) if CERTIFICATE_ALERTS.iter().any(|a| t.code == T::crypto(*a)) => {
+            "bad_certificate"
+        }
+        C::TimedOut => "handshake_timeout",
+        C::ConnectionClosed(_) | C::ApplicationClosed(_) | C::Reset => "handshake_aborted",
+        _ => "handshake_failed",
     }
 }
 
@@ -270,8 +274,10 @@ async fn handle_connection(incoming: quinn::Incoming, ing: Arc<Ingest>) {
             }
         },
         Err(e) => {
-            ing.app.stats.reject("handshake_failed");
-            ing.log.warn("handshake_failed", peer, &e);
+            // The first flight failed (a wrong ALPN is refused right here).
+            let reason = classify_handshake(&e);
+            ing.app.stats.reject(reason);
+            ing.log.warn(reason, peer, &e);
             return;
         }
     };
@@ -287,10 +293,8 @@ async fn handle_connection(incoming: quinn::Incoming, ing: Arc<Ingest>) {
 
 /// Reads one frame from a stream, with the frame size bound checked before allocation
 /// (the agent's reader, so both sides enforce the bound identically).
-pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, String> {
-    persona_agent::link::read_frame(recv, max)
-        .await
-        .map_err(|e| e.to_string())
+pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, WireError> {
+    persona_shared::wire::read_frame(recv, max).await
 }
 
 pub(crate) async fn send(send: &mut SendStream, msg: &CoordMsg, max: usize) -> Result<(), String> {

@@ -17,6 +17,9 @@ use persona_shared::protocol::{
 };
 
 use super::{Ingest, STREAM_TIMEOUT, events, read_frame, reject, send};
+use persona_shared::wire::WireError;
+
+use crate::commands::delivery::ControlError;
 use crate::pki;
 use crate::store::{self, IngestItem};
 
@@ -106,28 +109,28 @@ async fn handle_stream(
         let read = if is_control {
             Ok(crate::commands::delivery::read_or_push(next, &mut tx, &mut pushes, max).await)
         } else {
-            tokio::time::timeout(STREAM_TIMEOUT, next).await
+            tokio::time::timeout(STREAM_TIMEOUT, next)
+                .await
+                .map(|r| r.map_err(ControlError::Read))
         };
         let body = match read {
             Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                // A clean end of the control stream is not an error.
-                if !e.contains("finished early") && !e.contains("closed") && !e.contains("lost") {
-                    let reason = if e.contains("exceeds the maximum") {
-                        "frame_too_large"
-                    } else {
-                        "bad_frame"
-                    };
-                    ing.app.stats.reject(reason);
-                    ing.log.warn(reason, peer, &e);
-                    let code = if reason == "frame_too_large" {
-                        RejectCode::TooLarge
-                    } else {
-                        RejectCode::BadMessage
-                    };
-                    reject(&mut tx, code, e, max).await;
-                    let _ = rx.stop(VarInt::from_u32(4));
-                }
+            // The agent went away (a clean end of the control stream is not an error),
+            // or a push found the stream gone: close quietly.
+            Ok(Err(ControlError::Read(e))) if e.is_disconnect() => return,
+            Ok(Err(ControlError::Push(e))) => {
+                debug!(agent = %auth.id, "control stream ended while pushing: {e}");
+                return;
+            }
+            Ok(Err(ControlError::Read(e))) => {
+                let (reason, code) = match e {
+                    WireError::TooLarge { .. } => ("frame_too_large", RejectCode::TooLarge),
+                    _ => ("bad_frame", RejectCode::BadMessage),
+                };
+                ing.app.stats.reject(reason);
+                ing.log.warn(reason, peer, &e);
+                reject(&mut tx, code, e.to_string(), max).await;
+                let _ = rx.stop(VarInt::from_u32(4));
                 return;
             }
             Err(_) => return,

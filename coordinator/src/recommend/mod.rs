@@ -80,7 +80,7 @@ pub enum EngineApiError {
     #[error("cannot submit the resize for {agent}: {source}")]
     Submit {
         agent: String,
-        source: crate::commands::CommandError,
+        source: Box<crate::commands::CommandError>,
     },
 }
 
@@ -861,7 +861,7 @@ pub fn apply(
     let id = crate::commands::submit(store, &r.agent, Action::Resize(req), RESIZE_TTL).map_err(
         |source| EngineApiError::Submit {
             agent: r.agent.clone(),
-            source,
+            source: Box::new(source),
         },
     )?;
     hub.wake_agent(store, &r.agent);

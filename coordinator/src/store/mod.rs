@@ -38,7 +38,7 @@ mod procs;
 mod telemetry;
 mod tokens;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::Connection;
@@ -79,13 +79,8 @@ impl From<rusqlite::Error> for DbError {
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database {path}: {source}")]
-    Open { path: PathBuf, source: DbError },
-    #[error("cannot create the database file {path}: {source}")]
-    Create {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("database: {0}")]
+    Open(#[from] persona_shared::sqlite::SqliteError),
     #[error("database schema migration {version} ({name}) failed: {source}")]
     Migrate {
         version: u32,
@@ -161,50 +156,20 @@ pub struct Store {
     read: Mutex<Connection>,
 }
 
-/// Opens one connection in WAL mode. (To be replaced by the shared SQLite WAL helper of
-/// persona-shared once it exists.)
+/// Opens one connection in WAL mode (the workspace's one SQLite open helper, which also
+/// creates the file readable only by its owner).
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
-    let c = Connection::open(path).map_err(|source| StoreError::Open {
-        path: path.to_owned(),
-        source: DbError(source),
-    })?;
-    c.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(sql("busy_timeout"))?;
-    c.pragma_update(None, "journal_mode", "WAL")
-        .map_err(sql("journal_mode"))?;
-    c.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(sql("synchronous"))?;
-    Ok(c)
-}
-
-/// Creates an empty file readable only by its owner, unless it exists.
-fn create_private(path: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => f.sync_all().map_err(|source| StoreError::Create {
-            path: path.to_owned(),
-            source,
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(StoreError::Create {
-            path: path.to_owned(),
-            source,
-        }),
-    }
+    use persona_shared::sqlite::{OpenOptions, Synchronous};
+    let opts = OpenOptions::new(Synchronous::Normal)
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .mode(0o600);
+    Ok(persona_shared::sqlite::open(path, opts)?)
 }
 
 impl Store {
     /// Opens (creating if needed, readable only by its owner) the database at `path` and
     /// brings its schema up to date ([`schema::MIGRATIONS`]).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if !path.exists() {
-            create_private(path)?;
-        }
         let mut write = open_conn(path)?;
         schema::apply(&mut write)?;
         let read = open_conn(path)?;

@@ -154,13 +154,17 @@ async fn enroll_all(
                             public_key: key.public_key_raw().to_vec(),
                             hostname: format!("loadgen-{i}"),
                         });
-                        persona_agent::link::write_msg(&mut tx, &req, 1 << 20)
+                        persona_shared::wire::write_msg(&mut tx, &req, 1 << 20)
                             .await
                             .map_err(|e| e.to_string())?;
                         let _ = tx.finish();
-                        let ans = persona_agent::link::read_msg(&mut rx, 1 << 20, "enroll")
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        let ans = persona_shared::wire::read_msg::<CoordMsg, _>(
+                            &mut rx,
+                            1 << 20,
+                            "enroll",
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
                         conn.close(0u32.into(), b"enrolled");
                         Ok(ans)
                     }
@@ -365,13 +369,13 @@ async fn run_agent(
             last_seq: seq,
             model_version: None,
         });
-        if persona_agent::link::write_msg(&mut ctl_tx, &hello, 1 << 20)
+        if persona_shared::wire::write_msg(&mut ctl_tx, &hello, 1 << 20)
             .await
             .is_err()
         {
             continue;
         }
-        match persona_agent::link::read_msg(&mut ctl_rx, 1 << 20, "welcome").await {
+        match persona_shared::wire::read_msg::<CoordMsg, _>(&mut ctl_rx, 1 << 20, "welcome").await {
             Ok(CoordMsg::Welcome(w)) => seq = seq.max(w.committed_seq),
             _ => {
                 c.errors.fetch_add(1, Ordering::Relaxed);
@@ -389,7 +393,7 @@ async fn run_agent(
                     let (mut tx, mut rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
                     tx.write_all(frame).await.map_err(|e| e.to_string())?;
                     let _ = tx.finish();
-                    persona_agent::link::read_msg(&mut rx, 1 << 20, "ack")
+                    persona_shared::wire::read_msg::<CoordMsg, _>(&mut rx, 1 << 20, "ack")
                         .await
                         .map_err(|e| e.to_string())
                 }

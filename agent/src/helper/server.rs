@@ -1,5 +1,5 @@
 //! The privileged half of the agent: `persona-actuator`, a small root helper that accepts
-//! a fixed, allow-listed set of requests on a Unix socket and nothing else.
+//! a fixed, allow-listed set of requests (`protocol`) on a Unix socket and nothing else.
 //!
 //! Why a separate process: sampling and streaming need no privilege (everything the
 //! collectors read in /proc and /sys is world-readable), and that half talks to the
@@ -9,13 +9,12 @@
 //! the allow-list with strict value checks, and only then acts. A compromised agent can
 //! therefore do no more than the allow-list, whose every entry is bounded.
 //!
-//! Wire format: one JSON object per line in, one JSON object per line out, one request
-//! per connection. The socket is created mode 0660 with the service's group (`persona`),
-//! so only the agent's user can talk to it.
+//! The socket is created mode 0660 with the service's group (`persona`), so only the
+//! agent's user can talk to it; the line format is `protocol`'s.
 //!
 //! Implemented: `ping`, `cpu_online`, `memory_online` and `cgroup_limit`, performed by
-//! [`perform`], which is also what the guest actuator (`crate::actuate`) calls in-process
-//! when no helper is configured, so both paths run the same checks. The helper takes its
+//! the guest actuator's own checked writes (`crate::actuate::perform`), which it also
+//! calls in-process when no helper is configured, so both paths run the same checks. The helper takes its
 //! roots, floor and cgroup slice from the agent's own config file (`[guest_actuator]`,
 //! root-owned), never from the request.
 //!
@@ -28,9 +27,8 @@
 //! answers with the exit code and a bounded tail of the output. The caller chooses
 //! nothing but the names and the manager. Connections are served on their own threads so
 //! a long install does not hold up CPU or cgroup requests; installs run one at a time.
-//! This module
-//! does not decide *whether* to act (the coordinator and the agent's policy do); it only
-//! decides whether a request is allowed and does it.
+//! This module does not decide *whether* to act (the coordinator and the agent's policy
+//! do); it only decides whether a request is allowed and does it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -38,32 +36,19 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use super::protocol::{MAX_REQUEST, Manager, Reply, Request, SHORT_DEADLINE, check};
+use crate::actuate::{ActuateError, GuestActuatorConfig, perform};
+use crate::policy::Policy;
+use crate::preload::packages;
 
-use crate::actuate::{ActuateError, GuestActuatorConfig};
-use crate::preload::packages::{self, Manager};
-use crate::preload::validate;
-
-/// Default socket path (systemd's `RuntimeDirectory=persona-actuator`).
-pub const DEFAULT_SOCKET: &str = "/run/persona-actuator/actuator.sock";
-/// Longest request line accepted.
-const MAX_REQUEST: u64 = 16 * 1024;
-/// Highest CPU number accepted (the kernel's NR_CPUS upper bound in common configs).
-const MAX_CPU: u32 = 8191;
-/// Most packages in one install request.
-const MAX_PACKAGES: usize = 64;
-/// Highest memory block number accepted (2^20 blocks of 128 MiB is 128 TiB).
-const MAX_MEMORY_BLOCK: u32 = 1 << 20;
 /// Default deadline of one install in the helper.
 pub const DEFAULT_INSTALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Bytes of an install's output returned in the reply.
 const OUTPUT_TAIL: usize = 4000;
 /// Connections served at once (the rest wait in the listen backlog).
 const MAX_CONNECTIONS: usize = 8;
-/// Deadline of every request but an install, each way.
-const SHORT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Why the actuator could not serve.
 #[derive(Debug, thiserror::Error)]
@@ -78,78 +63,6 @@ pub enum ActuatorError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-/// The allow-list: every request the actuator understands.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    /// Liveness check.
-    Ping {},
-    /// Bring a CPU online or offline (`/sys/devices/system/cpu/cpuN/online`). CPU 0 is
-    /// never taken offline.
-    CpuOnline { cpu: u32, online: bool },
-    /// Bring a hot-added memory block online (`/sys/devices/system/memory/memoryN/state`).
-    /// Taking memory offline is not on the list.
-    MemoryOnline { block: u32 },
-    /// Set limits of a cgroup Persona owns (`<cgroup_parent>/<group>` only).
-    CgroupLimit {
-        group: String,
-        cpu_max_millicores: Option<u64>,
-        memory_max_bytes: Option<u64>,
-        #[serde(default)]
-        io: Option<crate::actuate::cgroup::IoMax>,
-    },
-    /// Install packages by name with a package manager (no URLs, no local files); an
-    /// optional version applies to a single package.
-    InstallPackages {
-        #[serde(default = "default_manager")]
-        manager: Manager,
-        packages: Vec<String>,
-        #[serde(default)]
-        version: Option<String>,
-    },
-}
-
-fn default_manager() -> Manager {
-    Manager::Apt
-}
-
-/// The answer to one request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reply {
-    pub ok: bool,
-    /// `refused`, `failed`, `busy`, `bad_request`; absent when ok.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub detail: String,
-    /// An install's exit code (absent for other requests, or when killed by a signal).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-    /// The last few KiB of an install's output (stdout then stderr).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_tail: Option<String>,
-}
-
-impl Reply {
-    fn ok(detail: impl Into<String>) -> Self {
-        Self {
-            ok: true,
-            error: None,
-            detail: detail.into(),
-            exit_code: None,
-            output_tail: None,
-        }
-    }
-    fn err(kind: &str, detail: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            error: Some(kind.to_owned()),
-            detail: detail.into(),
-            exit_code: None,
-            output_tail: None,
-        }
-    }
 }
 
 /// What the helper serves with: the guest actuator's roots and bounds, where the policy
@@ -177,162 +90,13 @@ impl HelperConfig {
     }
 }
 
-fn valid_group(g: &str) -> bool {
-    (1..=64).contains(&g.len())
-        && g.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-/// Checks a request's values against the allow-list bounds.
-pub fn check(req: &Request) -> Result<(), String> {
-    match req {
-        Request::Ping {} => Ok(()),
-        Request::CpuOnline { cpu, online } => {
-            if *cpu == 0 && !online {
-                Err("cpu 0 is never taken offline".into())
-            } else if *cpu > MAX_CPU {
-                Err(format!("cpu {cpu} is outside 0..={MAX_CPU}"))
-            } else {
-                Ok(())
-            }
-        }
-        Request::MemoryOnline { block } => {
-            if *block > MAX_MEMORY_BLOCK {
-                Err(format!(
-                    "memory block {block} is outside 0..={MAX_MEMORY_BLOCK}"
-                ))
-            } else {
-                Ok(())
-            }
-        }
-        Request::CgroupLimit {
-            group,
-            cpu_max_millicores,
-            memory_max_bytes,
-            io,
-        } => {
-            if !valid_group(group) {
-                return Err(format!(
-                    "group {group:?} is not 1 to 64 of [a-z0-9-] (only persona.slice/<group>)"
-                ));
-            }
-            if cpu_max_millicores.is_some_and(|m| m < 10) {
-                return Err("cpu_max_millicores below 10 would starve the group".into());
-            }
-            if memory_max_bytes.is_some_and(|m| m < 16 << 20) {
-                return Err("memory_max_bytes below 16 MiB would starve the group".into());
-            }
-            if let Some(io) = io
-                && !crate::actuate::cgroup::valid_device(&io.device)
-            {
-                return Err(format!("io device {:?} is not MAJ:MIN", io.device));
-            }
-            Ok(())
-        }
-        Request::InstallPackages {
-            manager,
-            packages,
-            version,
-        } => {
-            if packages.is_empty() || packages.len() > MAX_PACKAGES {
-                return Err(format!("1 to {MAX_PACKAGES} packages per request"));
-            }
-            for p in packages {
-                match manager {
-                    Manager::Apt => validate::debian_package(p),
-                    Manager::Dnf => validate::rpm_package(p),
-                    Manager::Pip => validate::python_name(p),
-                }
-                .map_err(|e| e.to_string())?;
-            }
-            if let Some(v) = version {
-                if packages.len() != 1 {
-                    return Err("a version applies to exactly one package".into());
-                }
-                match manager {
-                    Manager::Pip => validate::python_version(v),
-                    _ => validate::package_version(v),
-                }
-                .map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Checks a request and performs it with the roots and bounds of `cfg`; returns what
-/// was done, for people.
-pub fn perform(req: &Request, cfg: &GuestActuatorConfig) -> Result<String, ActuateError> {
-    check(req).map_err(ActuateError::Refused)?;
-    match req {
-        Request::Ping {} => Ok(concat!("persona-actuator ", env!("CARGO_PKG_VERSION")).into()),
-        Request::CpuOnline { cpu, online } => {
-            let cpus = crate::actuate::cpu::read_cpus(&cfg.sys_root)?;
-            let Some(state) = cpus.iter().find(|c| c.cpu == *cpu) else {
-                return Err(ActuateError::Refused(format!("cpu{cpu} is not present")));
-            };
-            if !state.switchable {
-                return Err(ActuateError::Refused(format!(
-                    "cpu{cpu} cannot go on or offline"
-                )));
-            }
-            let floor = cfg.cpu_floor.max(1);
-            if !online && state.online && crate::actuate::cpu::online_count(&cpus) <= floor {
-                return Err(ActuateError::Refused(format!(
-                    "taking cpu{cpu} offline would leave fewer than {floor} CPUs online"
-                )));
-            }
-            let path = crate::actuate::cpu::online_file(&cfg.sys_root, *cpu);
-            crate::actuate::write_control(&path, if *online { "1" } else { "0" })?;
-            Ok(format!(
-                "cpu{cpu} {}",
-                if *online { "online" } else { "offline" }
-            ))
-        }
-        Request::MemoryOnline { block } => {
-            let path = crate::actuate::memory::state_file(&cfg.sys_root, *block);
-            if !path.exists() {
-                return Err(ActuateError::Refused(format!(
-                    "memory{block} is not present"
-                )));
-            }
-            crate::actuate::write_control(&path, "online")?;
-            Ok(format!("memory{block} online"))
-        }
-        Request::CgroupLimit {
-            group,
-            cpu_max_millicores,
-            memory_max_bytes,
-            io,
-        } => {
-            let limits = crate::actuate::cgroup::Limits {
-                cpu_quota_us: cpu_max_millicores.map(|m| m * cfg.cpu_period_us / 1000),
-                cpu_period_us: cfg.cpu_period_us,
-                memory_bytes: *memory_max_bytes,
-                io: io.clone(),
-            };
-            let done = crate::actuate::cgroup::apply(
-                &cfg.cgroup_root,
-                cfg.cgroup_version,
-                &cfg.cgroup_parent,
-                group,
-                &limits,
-            )?;
-            Ok(done.join(", "))
-        }
-        Request::InstallPackages { .. } => Err(ActuateError::Unsupported(
-            "install_packages is performed only by the persona-actuator helper".into(),
-        )),
-    }
-}
-
 /// Serialises installs (package managers take their own locks, but two at once would
 /// only wait on each other while holding the deadline).
 static INSTALLS: Mutex<()> = Mutex::new(());
 
 /// Performs a checked `install_packages` request under the policy as it is on disk now.
 fn install(manager: Manager, names: &[String], version: Option<&str>, cfg: &HelperConfig) -> Reply {
-    let policy = match crate::policy::Policy::load(&cfg.policy_file) {
+    let policy = match Policy::load(&cfg.policy_file) {
         Ok(p) => p,
         Err(e) => return Reply::err("refused", format!("no usable policy: {e}")),
     };
@@ -413,78 +177,6 @@ pub fn handle_helper_line(line: &str, cfg: &HelperConfig) -> Reply {
     }
 }
 
-/// Sends one request to the helper and reads its reply (5 s deadlines each way).
-pub fn call(socket: &Path, req: &Request) -> Result<Reply, std::io::Error> {
-    let never = AtomicBool::new(false);
-    call_until(socket, req, SHORT_DEADLINE, &never).map_err(|e| match e {
-        CallError::Io(e) => e,
-        other => std::io::Error::other(other.to_string()),
-    })
-}
-
-/// Why a call to the helper gave no reply.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("no reply within {0:?}")]
-    Deadline(Duration),
-    #[error("cancelled while waiting for the helper")]
-    Cancelled,
-    #[error("bad reply {reply:?}: {reason}")]
-    BadReply { reply: String, reason: String },
-}
-
-/// Sends one request and waits up to `deadline` for the reply, checking `cancel` every
-/// second (a cancel stops waiting; the helper finishes or times out what it started).
-pub fn call_until(
-    socket: &Path,
-    req: &Request,
-    deadline: Duration,
-    cancel: &AtomicBool,
-) -> Result<Reply, CallError> {
-    let stream = UnixStream::connect(socket)?;
-    stream.set_write_timeout(Some(SHORT_DEADLINE))?;
-    let mut line = serde_json::to_string(req).map_err(std::io::Error::other)?;
-    line.push('\n');
-    (&stream).write_all(line.as_bytes())?;
-    stream.set_read_timeout(Some(Duration::from_secs(1).min(deadline)))?;
-    let started = Instant::now();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match (&stream).read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.contains(&b'\n') || buf.len() as u64 > MAX_REQUEST {
-                    break;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(e.into()),
-        }
-        if cancel.load(Ordering::Relaxed) {
-            return Err(CallError::Cancelled);
-        }
-        if started.elapsed() > deadline {
-            return Err(CallError::Deadline(deadline));
-        }
-    }
-    let out = String::from_utf8_lossy(&buf);
-    let first = out.lines().next().unwrap_or("");
-    serde_json::from_str(first).map_err(|e| CallError::BadReply {
-        reply: first.chars().take(300).collect(),
-        reason: e.to_string(),
-    })
-}
-
 fn serve_one(stream: UnixStream, cfg: &HelperConfig) -> std::io::Result<()> {
     stream.set_read_timeout(Some(SHORT_DEADLINE))?;
     stream.set_write_timeout(Some(SHORT_DEADLINE))?;
@@ -557,6 +249,7 @@ pub fn serve_with(listener: &UnixListener, cfg: &HelperConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::helper::protocol::call;
 
     /// A configuration whose roots are an empty directory: nothing can be written.
     fn nowhere(dir: &Path) -> GuestActuatorConfig {

@@ -1,295 +1,37 @@
-//! The link to the coordinator: one QUIC connection with mutual TLS that delivers the
-//! outbox and keeps the control stream open.
-//!
-//! On each connection the agent opens the control stream, says Hello (version, host
-//! facts, declared purpose, last sequence number) and waits for Welcome, whose sampling
-//! settings it passes to the sampling thread. Then every sealed outbox batch, in sequence
-//! order, goes on its own bidirectional stream (one frame out, one frame back), with up
-//! to [`MAX_IN_FLIGHT`] at once so a backlog drains quickly. An Ack deletes the batch
-//! from the outbox; a permanent refusal deletes and counts it; anything else drops the
-//! connection, and everything unacknowledged is resent on the next one (the coordinator
-//! de-duplicates by sequence number). Connections are retried with capped exponential
-//! backoff and full jitter so a fleet does not stampede a restarted coordinator.
-//!
-//! Detected events (`crate::detect`) go on the control stream as soon as the sampling
-//! thread queues them, and every unacknowledged one again on each new connection; an
-//! `EventAck` deletes one from the queue.
-//!
-//! The link never decodes batches and never blocks on disk for long: the outbox calls
-//! are short and the sampling runs on its own thread. Frames from the network are
-//! length-checked before any allocation and never unwrapped.
+//! One link session after another: connect, Hello and Welcome, then the outbox's
+//! batches (up to [`MAX_IN_FLIGHT`] streams at once), events, command updates and model
+//! answers on the control stream, until the connection fails or shutdown drains it.
+//! Between sessions it waits out the `backoff`. What this is not: TLS set-up (`tls`),
+//! the outbox's storage (`outbox`) or what a command does (`commands`).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use persona_shared::facts::HostFacts;
 use persona_shared::protocol::{
-    AgentMsg, CoordMsg, FrameError, Hello, PROTOCOL_VERSION, Purpose, RejectCode, SERVER_NAME,
-    decode_body, encode_frame, frame_len,
+    AgentMsg, CoordMsg, Hello, PROTOCOL_VERSION, Purpose, RejectCode, SERVER_NAME, decode_body,
 };
+use persona_shared::wire::{WireError, read_frame, read_msg, write_frame, write_msg};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{BATCH_INTERVAL_RANGE_S, SAMPLE_INTERVAL_RANGE_MS};
-use crate::outbox::{Outbox, OutboxError};
-use crate::tls::{self, TlsError};
+use super::backoff::Backoff;
+use super::connect::{client_endpoint, resolve};
+use super::error::{LinkError, kind, wire};
+use crate::identity::{CA_FILE, CERT_FILE, KEY_FILE};
+use crate::outbox::{Outbox, lock};
+use crate::settings::Settings;
+use crate::tls;
 
 /// Batches sent and not yet answered, at most.
 pub const MAX_IN_FLIGHT: usize = 8;
-/// How long the coordinator may take to answer Hello or a batch before the connection is
-/// considered dead (it acknowledges only after a commit, which takes milliseconds).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a connection that stayed up this long, the backoff starts again from the base.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 const STATS_EVERY: Duration = Duration::from_secs(60);
 /// On shutdown, how long the outbox may take to drain before the connection is closed.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Errors on one stream or one exchange of frames.
-#[derive(Debug, thiserror::Error)]
-pub enum WireError {
-    #[error("connection lost: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    #[error("cannot send: {0}")]
-    Write(#[from] quinn::WriteError),
-    #[error("stream already closed: {0}")]
-    Closed(#[from] quinn::ClosedStream),
-    #[error("cannot receive: {0}")]
-    Read(#[from] quinn::ReadExactError),
-    #[error("bad frame: {0}")]
-    Frame(#[from] FrameError),
-    #[error("no answer within {secs} s to {what}")]
-    Timeout { what: &'static str, secs: u64 },
-}
-
-/// Why a connection ended or could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    #[error("cannot resolve {addr}: {source}")]
-    Resolve {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("{addr} resolves to no address")]
-    NoAddress { addr: String },
-    #[error("cannot open a UDP socket: {0}")]
-    Endpoint(std::io::Error),
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: SocketAddr,
-        source: quinn::ConnectError,
-    },
-    #[error("handshake with {addr} failed: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        source: quinn::ConnectionError,
-    },
-    #[error("{context}: {source}")]
-    Wire {
-        context: &'static str,
-        source: WireError,
-    },
-    #[error("coordinator refused {what} ({code:?}): {message}")]
-    Rejected {
-        what: &'static str,
-        code: RejectCode,
-        message: String,
-    },
-    #[error("unexpected {got} in answer to {what}")]
-    Unexpected {
-        what: &'static str,
-        got: &'static str,
-    },
-    #[error("answer for batch {got} on the stream of batch {sent}")]
-    WrongAck { sent: u64, got: u64 },
-    #[error("{0}")]
-    Outbox(#[from] OutboxError),
-    #[error("{0}")]
-    Tls(#[from] TlsError),
-    #[error("internal task failed: {0}")]
-    Task(String),
-}
-
-fn wire(context: &'static str) -> impl FnOnce(WireError) -> LinkError {
-    move |source| LinkError::Wire { context, source }
-}
-
-/// Name of a message kind, for errors (never the content, which may be large).
-pub fn kind(m: &CoordMsg) -> &'static str {
-    match m {
-        CoordMsg::Enrolled(_) => "Enrolled",
-        CoordMsg::Welcome(_) => "Welcome",
-        CoordMsg::Ack { .. } => "Ack",
-        CoordMsg::Reject(_) => "Reject",
-        CoordMsg::EventAck { .. } => "EventAck",
-        CoordMsg::Model(_) => "Model",
-        CoordMsg::Command(_) => "Command",
-    }
-}
-
-/// Reads one frame body, checking its length against `max` before allocating.
-pub async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Vec<u8>, WireError> {
-    let mut header = [0u8; 4];
-    recv.read_exact(&mut header).await?;
-    let len = frame_len(header, max)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await?;
-    Ok(body)
-}
-
-/// Reads and decodes one coordinator message, within [`ANSWER_TIMEOUT`].
-pub async fn read_msg(
-    recv: &mut quinn::RecvStream,
-    max: usize,
-    what: &'static str,
-) -> Result<CoordMsg, WireError> {
-    let body = tokio::time::timeout(ANSWER_TIMEOUT, read_frame(recv, max))
-        .await
-        .map_err(|_| WireError::Timeout {
-            what,
-            secs: ANSWER_TIMEOUT.as_secs(),
-        })??;
-    Ok(decode_body(&body)?)
-}
-
-/// Encodes and writes one message as a frame.
-pub async fn write_msg(
-    send: &mut quinn::SendStream,
-    msg: &AgentMsg,
-    max: usize,
-) -> Result<(), WireError> {
-    let mut buf = Vec::new();
-    encode_frame(msg, &mut buf, max)?;
-    send.write_all(&buf).await?;
-    Ok(())
-}
-
-/// Resolves HOST:PORT (again on every attempt: the coordinator's address may change).
-pub(crate) async fn resolve(addr: &str) -> Result<SocketAddr, LinkError> {
-    let mut addrs = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|source| LinkError::Resolve {
-            addr: addr.to_owned(),
-            source,
-        })?;
-    addrs.next().ok_or_else(|| LinkError::NoAddress {
-        addr: addr.to_owned(),
-    })
-}
-
-/// A client-only QUIC endpoint on an ephemeral port of the target's address family.
-pub(crate) fn client_endpoint(target: SocketAddr) -> Result<quinn::Endpoint, LinkError> {
-    let bind: SocketAddr = if target.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    quinn::Endpoint::client(bind).map_err(LinkError::Endpoint)
-}
-
-/// Capped exponential backoff with full jitter: the n-th delay is uniform in
-/// `[0, min(cap, base * 2^n)]`.
-#[derive(Debug)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-    rng: u64,
-}
-
-impl Backoff {
-    /// 500 ms doubling up to 30 s, as the protocol spec asks.
-    pub fn standard() -> Self {
-        Self::new(Duration::from_millis(500), Duration::from_secs(30))
-    }
-
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        // Seeded from the OS so that agents started together do not retry together.
-        let mut seed = [0u8; 8];
-        let rng = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
-            .map(|()| u64::from_le_bytes(seed))
-            .unwrap_or_else(|_| {
-                let t = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                t.as_nanos() as u64 ^ u64::from(std::process::id())
-            });
-        Self {
-            base,
-            cap,
-            attempt: 0,
-            rng: rng | 1,
-        }
-    }
-
-    /// The ceiling of the next delay (before jitter).
-    pub fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// The next delay; each call doubles the ceiling up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling();
-        self.attempt = self.attempt.saturating_add(1);
-        // xorshift64: plenty for jitter, which only needs to be spread, not secret.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let ms = ceiling.as_millis() as u64;
-        Duration::from_millis(if ms == 0 { 0 } else { self.rng % (ms + 1) })
-    }
-
-    /// Back to the base after a healthy connection.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// Straight to the cap (the coordinator refused us; retrying fast cannot help).
-    pub fn exhaust(&mut self) {
-        self.attempt = 32;
-    }
-}
-
-/// Sampling settings, from the configuration and then from the coordinator's Welcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settings {
-    pub sample_interval_ms: u64,
-    pub batch_interval_s: u64,
-}
-
-impl Settings {
-    /// Adopts the non-zero values of a Welcome that are in the valid ranges.
-    fn adopt(&self, sample_interval_ms: u32, batch_interval_s: u32) -> Settings {
-        let mut s = *self;
-        let ms = u64::from(sample_interval_ms);
-        if ms != 0 {
-            if SAMPLE_INTERVAL_RANGE_MS.contains(&ms) {
-                s.sample_interval_ms = ms;
-            } else {
-                tracing::warn!(
-                    sample_interval_ms = ms,
-                    "ignoring the coordinator's out-of-range sample interval"
-                );
-            }
-        }
-        let bs = u64::from(batch_interval_s);
-        if bs != 0 {
-            if BATCH_INTERVAL_RANGE_S.contains(&bs) && bs * 1000 >= s.sample_interval_ms {
-                s.batch_interval_s = bs;
-            } else {
-                tracing::warn!(
-                    batch_interval_s = bs,
-                    "ignoring the coordinator's out-of-range batch interval"
-                );
-            }
-        }
-        s
-    }
-}
 
 /// What the link has done, for logs, benchmarks and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -342,14 +84,6 @@ pub struct LinkContext {
     pub models: Option<crate::model_store::ModelHandle>,
 }
 
-/// Locks the outbox; a panic elsewhere while it was held leaves SQLite consistent, so a
-/// poisoned lock is taken over rather than propagated.
-pub(crate) fn lock(outbox: &Mutex<Outbox>) -> MutexGuard<'_, Outbox> {
-    outbox
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The link. Build it with [`Link::new`] (which reads the TLS files, so configuration
 /// errors show at start-up) and drive it with [`Link::run`].
 #[derive(Debug)]
@@ -371,9 +105,9 @@ enum SessionEnd {
 impl Link {
     pub fn new(cfg: LinkConfig, ctx: LinkContext) -> Result<Link, LinkError> {
         let client = tls::mtls_client_config(
-            &cfg.state_dir.join(crate::enroll::CERT_FILE),
-            &cfg.state_dir.join(crate::enroll::KEY_FILE),
-            &cfg.state_dir.join(crate::enroll::CA_FILE),
+            &cfg.state_dir.join(CERT_FILE),
+            &cfg.state_dir.join(KEY_FILE),
+            &cfg.state_dir.join(CA_FILE),
         )?;
         Ok(Link {
             cfg,
@@ -534,7 +268,7 @@ impl Link {
         // Hello exchange is where a revoked or unknown certificate shows.
         let (mut ctl_send, mut ctl_recv) = conn.open_bi().await.map_err(|e| LinkError::Wire {
             context: "control stream",
-            source: e.into(),
+            source: WireError::Connection(e.into()),
         })?;
         let facts = self.ctx.facts.borrow_and_update().clone();
         let last_seq = lock(&self.ctx.outbox).last_seq();
@@ -550,7 +284,7 @@ impl Link {
             .await
             .map_err(wire("sending Hello"))?;
         let answer = tokio::select! {
-            r = read_msg(&mut ctl_recv, max, "Hello") => r,
+            r = read_msg::<CoordMsg, _>(&mut ctl_recv, max, "Hello") => r,
             () = until_true(shutdown) => return Ok(SessionEnd::Shutdown),
         };
         let welcome = match answer.map_err(wire("waiting for Welcome"))? {
@@ -636,7 +370,12 @@ impl Link {
                         Ok(other) => {
                             tracing::debug!(kind = kind(&other), "ignoring a control message")
                         }
-                        Err(e) => return wire("control stream")(e.into()),
+                        Err(source) => {
+                            return wire("control stream")(WireError::Decode {
+                                what: "a control message",
+                                source,
+                            });
+                        }
                     },
                     Err(e) => return wire("control stream")(e),
                 }
@@ -730,7 +469,7 @@ impl Link {
                     write_msg(ctl_send, &AgentMsg::CommandUpdate(u), max).await.map_err(wire("sending a command update"))?;
                 }
                 ended = &mut *control => return Err(ended.unwrap_or_else(|e| LinkError::Task(e.to_string()))),
-                e = conn.closed() => return Err(LinkError::Wire { context: "connection", source: e.into() }),
+                e = conn.closed() => return Err(LinkError::Wire { context: "connection", source: WireError::Connection(e.into()) }),
                 () = until_true(shutdown), if drain_until.is_none() => {
                     drain_until = Some(tokio::time::Instant::now() + DRAIN_TIMEOUT);
                 }
@@ -862,14 +601,12 @@ async fn send_batch(
     max: usize,
 ) -> (u64, Result<CoordMsg, WireError>) {
     let r = async {
-        let (mut send, mut recv) = conn.open_bi().await?;
-        let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
-            len: body.len(),
-            max,
-        })?;
-        send.write_all(&len.to_be_bytes()).await?;
-        send.write_all(&body).await?;
-        send.finish()?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| WireError::Connection(e.into()))?;
+        write_frame(&mut send, &body).await?;
+        send.finish().map_err(|e| WireError::Write(e.into()))?;
         read_msg(&mut recv, max, "a batch").await
     }
     .await;
@@ -879,67 +616,6 @@ async fn send_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_stays_within_bounds_and_grows_to_the_cap() {
-        let mut b = Backoff::standard();
-        let mut max_seen = Duration::ZERO;
-        for n in 0..40u32 {
-            let ceiling =
-                Duration::from_millis(500).saturating_mul(1u32.checked_shl(n).unwrap_or(u32::MAX));
-            let ceiling = ceiling.min(Duration::from_secs(30));
-            assert_eq!(b.ceiling(), ceiling, "attempt {n}");
-            let d = b.next_delay();
-            assert!(d <= ceiling, "attempt {n}: {d:?} > {ceiling:?}");
-            max_seen = max_seen.max(d);
-        }
-        assert_eq!(b.ceiling(), Duration::from_secs(30));
-        assert!(
-            max_seen > Duration::from_secs(5),
-            "jitter should reach well into the range: {max_seen:?}"
-        );
-        b.reset();
-        assert_eq!(b.ceiling(), Duration::from_millis(500));
-        assert!(b.next_delay() <= Duration::from_millis(500));
-        b.exhaust();
-        assert_eq!(b.ceiling(), Duration::from_secs(30));
-    }
-
-    #[test]
-    fn jitter_is_spread() {
-        let mut b = Backoff::new(Duration::from_secs(30), Duration::from_secs(30));
-        let delays: Vec<_> = (0..200).map(|_| b.next_delay().as_millis()).collect();
-        let low = delays.iter().filter(|&&d| d < 15_000).count();
-        assert!((50..150).contains(&low), "{low} of 200 below the middle");
-        // Two agents started together do not draw the same delays.
-        let mut other = Backoff::new(Duration::from_secs(30), Duration::from_secs(30));
-        let theirs: Vec<_> = (0..200).map(|_| other.next_delay().as_millis()).collect();
-        assert_ne!(delays, theirs);
-    }
-
-    #[test]
-    fn welcome_settings_are_checked() {
-        let s = Settings {
-            sample_interval_ms: 1000,
-            batch_interval_s: 10,
-        };
-        assert_eq!(s.adopt(0, 0), s);
-        assert_eq!(
-            s.adopt(500, 5),
-            Settings {
-                sample_interval_ms: 500,
-                batch_interval_s: 5
-            }
-        );
-        assert_eq!(s.adopt(5, 100_000), s);
-        assert_eq!(
-            s.adopt(2000, 1),
-            Settings {
-                sample_interval_ms: 2000,
-                batch_interval_s: 10
-            }
-        );
-    }
 
     #[test]
     fn permanent_refusals() {

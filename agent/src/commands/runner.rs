@@ -1,7 +1,7 @@
 //! The agent's command runner: it takes the signed commands the link receives on the
-//! control stream, verifies each against the CA pinned at enrollment, remembers every
-//! id it has accepted, checks the local policy and runs the action off the sampling
-//! path, streaming `CommandUpdate`s back.
+//! control stream, verifies each against the CA pinned at enrollment (`verify`), records
+//! every id it accepts (`log`), checks the local policy and runs the action off the
+//! sampling path, streaming `CommandUpdate`s back.
 //!
 //! Order of checks, each refusal reported to the coordinator: the signature over the
 //! exact body bytes (before anything in the body is trusted; only the id is read from an
@@ -17,31 +17,25 @@
 //! pre-load steps themselves (`preload`).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use persona_shared::command::{
-    Action, Command, CommandState, CommandUpdate, ConfigUpdate, MAX_ID_LEN, SignedCommand,
-    signed_message,
+    Action, Command, CommandState, CommandUpdate, ConfigUpdate, SignedCommand,
 };
-use rusqlite::{Connection, OptionalExtension, params};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{BATCH_INTERVAL_RANGE_S, MAX_POINTS_PER_BATCH, SAMPLE_INTERVAL_RANGE_MS};
-use crate::link::Settings;
+use super::log::{COMMANDS_FILE, Claim, CommandError, CommandLog, now_ms};
+use super::verify::{Refusal, ca_der_from_pem, claimed_id, verify};
+use crate::actuate::{self, GuestActuatorConfig};
 use crate::policy::Policy;
 use crate::preload;
+use crate::settings::{
+    BATCH_INTERVAL_RANGE_S, MAX_POINTS_PER_BATCH, SAMPLE_INTERVAL_RANGE_MS, Settings,
+};
 
-/// Name of the command log in the state dir.
-pub const COMMANDS_FILE: &str = "commands.db";
-/// Ids older than this are forgotten. The coordinator lets a command live at most 7 days
-/// and the agent refuses an expired one by its signed expiry, so an id this old can never
-/// run again anyway.
-const FORGET_AFTER_MS: i64 = 8 * 24 * 3600 * 1000;
 /// Signed commands waiting to be checked, at most (more are dropped; the coordinator
 /// resends undelivered ones after a reconnect).
 const INBOX: usize = 64;
@@ -50,274 +44,6 @@ const INBOX: usize = 64;
 const OUTBOX: usize = 256;
 /// Progress updates of one command, at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
-
-/// Errors of the command runner's set-up and log.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error("command log {path}: {source}")]
-    Log {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error("cannot read the CA certificate {path}: {reason}")]
-    Ca { path: PathBuf, reason: String },
-}
-
-/// Why a command was refused before it could run.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("the signature does not verify against the pinned coordinator CA")]
-    BadSignature,
-    #[error("the command is for agent {target}, not this one")]
-    WrongAgent { target: String },
-    #[error("the command expired at {expires_ms} (now {now_ms})")]
-    Expired { expires_ms: i64, now_ms: i64 },
-    #[error("malformed command body: {0}")]
-    Malformed(String),
-}
-
-/// The DER of the first certificate in a PEM file (the agent's `ca.pem`).
-pub fn ca_der_from_pem(pem: &[u8]) -> Result<Vec<u8>, String> {
-    CertificateDer::from_pem_slice(pem)
-        .map(|c| c.as_ref().to_vec())
-        .map_err(|e| e.to_string())
-}
-
-/// Checks a signed command against the CA certificate `ca_der`, this agent's id and the
-/// clock, in that order, and only then decodes it.
-pub fn verify(
-    ca_der: &[u8],
-    signed: &SignedCommand,
-    agent_id: &str,
-    now_ms: i64,
-) -> Result<Command, Refusal> {
-    let der = CertificateDer::from(ca_der);
-    let ca = webpki::EndEntityCert::try_from(&der).map_err(|_| Refusal::BadSignature)?;
-    ca.verify_signature(
-        webpki::ring::ECDSA_P256_SHA256,
-        &signed_message(&signed.body),
-        &signed.signature,
-    )
-    .map_err(|_| Refusal::BadSignature)?;
-    let cmd = Command::decode(&signed.body).map_err(|e| Refusal::Malformed(e.to_string()))?;
-    if cmd.id.is_empty() || cmd.id.len() > MAX_ID_LEN {
-        return Err(Refusal::Malformed(format!(
-            "command id of {} bytes",
-            cmd.id.len()
-        )));
-    }
-    if cmd.agent_id != agent_id {
-        return Err(Refusal::WrongAgent {
-            target: cmd.agent_id,
-        });
-    }
-    if now_ms > cmd.expires_ms {
-        return Err(Refusal::Expired {
-            expires_ms: cmd.expires_ms,
-            now_ms,
-        });
-    }
-    Ok(cmd)
-}
-
-/// The id of an unverified body, only to say which command was refused (the body's
-/// first field; nothing else in it is read). Sanitised and bounded.
-fn claimed_id(body: &[u8]) -> Option<String> {
-    let (id, ..): (
-        String,
-        serde::de::IgnoredAny,
-        serde::de::IgnoredAny,
-        serde::de::IgnoredAny,
-        serde::de::IgnoredAny,
-    ) = rmp_serde::from_slice(body).ok()?;
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    ok.then_some(id)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// What the log knows about an id.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Claim {
-    /// First time: recorded, run it.
-    New,
-    /// Seen before: its last known state and message.
-    Seen {
-        state: CommandState,
-        message: Option<String>,
-    },
-}
-
-/// The persistent record of accepted command ids (and model grants).
-#[derive(Debug)]
-pub struct CommandLog {
-    conn: Connection,
-    path: PathBuf,
-}
-
-impl CommandLog {
-    /// Opens `path`, marking commands that were running when the agent stopped as failed.
-    pub fn open(path: &Path) -> Result<CommandLog, CommandError> {
-        let err = |source| CommandError::Log {
-            path: path.to_owned(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        // An id must be on disk before its command runs: one fsync per command is cheap.
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS executed(
-                id TEXT PRIMARY KEY, kind TEXT NOT NULL, received_ms INTEGER NOT NULL,
-                state TEXT NOT NULL, finished_ms INTEGER, message TEXT);
-             CREATE TABLE IF NOT EXISTS model_grants(
-                kind TEXT NOT NULL, version TEXT NOT NULL, sha256 BLOB NOT NULL,
-                granted_ms INTEGER NOT NULL, PRIMARY KEY(kind, version));",
-        )
-        .map_err(err)?;
-        conn.execute(
-            "UPDATE executed SET state = 'failed', finished_ms = ?1,
-                message = 'interrupted: the agent stopped before the command finished'
-             WHERE state IN ('delivered', 'running')",
-            params![now_ms()],
-        )
-        .map_err(err)?;
-        conn.execute(
-            "DELETE FROM executed WHERE received_ms < ?1",
-            params![now_ms() - FORGET_AFTER_MS],
-        )
-        .map_err(err)?;
-        Ok(CommandLog {
-            conn,
-            path: path.to_owned(),
-        })
-    }
-
-    fn err(&self) -> impl FnOnce(rusqlite::Error) -> CommandError + '_ {
-        move |source| CommandError::Log {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    /// Records `id` unless it is known; says which.
-    pub fn claim(&self, id: &str, kind: &str) -> Result<Claim, CommandError> {
-        let n = self
-            .conn
-            .execute(
-                "INSERT OR IGNORE INTO executed(id, kind, received_ms, state) VALUES (?1, ?2, ?3, 'delivered')",
-                params![id, kind, now_ms()],
-            )
-            .map_err(self.err())?;
-        if n == 1 {
-            return Ok(Claim::New);
-        }
-        let row: Option<(String, Option<String>)> = self
-            .conn
-            .query_row(
-                "SELECT state, message FROM executed WHERE id = ?1",
-                params![id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(self.err())?;
-        let (state, message) = row.unwrap_or_else(|| ("failed".into(), None));
-        Ok(Claim::Seen {
-            state: CommandState::parse(&state).unwrap_or(CommandState::Failed),
-            message,
-        })
-    }
-
-    /// Records a state (and, for a final one, the message).
-    pub fn set_state(
-        &self,
-        id: &str,
-        state: CommandState,
-        message: Option<&str>,
-    ) -> Result<(), CommandError> {
-        let finished = state.is_final().then(now_ms);
-        self.conn
-            .execute(
-                "UPDATE executed SET state = ?2, finished_ms = COALESCE(?3, finished_ms),
-                    message = COALESCE(?4, message) WHERE id = ?1",
-                params![id, state.as_str(), finished, message],
-            )
-            .map_err(self.err())?;
-        Ok(())
-    }
-
-    /// Records that the model `kind` at `version` with this checksum may be accepted.
-    pub fn grant_model(
-        &self,
-        kind: &str,
-        version: &str,
-        sha256: &[u8],
-    ) -> Result<(), CommandError> {
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO model_grants(kind, version, sha256, granted_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![kind, version, sha256, now_ms()],
-            )
-            .map_err(self.err())?;
-        Ok(())
-    }
-
-    /// Whether a signed command granted this model (the model push handler may ask).
-    pub fn model_granted(
-        &self,
-        kind: &str,
-        version: &str,
-        sha256: &[u8],
-    ) -> Result<bool, CommandError> {
-        self.conn
-            .query_row(
-                "SELECT 1 FROM model_grants WHERE kind = ?1 AND version = ?2 AND sha256 = ?3",
-                params![kind, version, sha256],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|r| r.is_some())
-            .map_err(self.err())
-    }
-}
-
-/// Whether a signed `ModelUpdate` granted this model, read from the state dir's command
-/// log by whoever handles a model push (a read of its own; the runner keeps writing).
-pub fn model_granted_in(
-    state_dir: &Path,
-    kind: &str,
-    version: &str,
-    sha256: &[u8],
-) -> Result<bool, CommandError> {
-    let path = state_dir.join(COMMANDS_FILE);
-    let err = |source| CommandError::Log {
-        path: path.clone(),
-        source,
-    };
-    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(err)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-    conn.query_row(
-        "SELECT 1 FROM model_grants WHERE kind = ?1 AND version = ?2 AND sha256 = ?3",
-        params![kind, version, sha256],
-        |_| Ok(()),
-    )
-    .optional()
-    .map(|r| r.is_some())
-    .map_err(err)
-}
 
 /// What the runner needs.
 #[derive(Debug, Clone)]
@@ -329,7 +55,7 @@ pub struct RunnerConfig {
     /// The local policy, re-read for every command so an edit needs no restart.
     pub policy_file: PathBuf,
     /// The `guest` resize actuator's settings (`sys_root` filled in).
-    pub guest_actuator: crate::actuate::GuestActuatorConfig,
+    pub guest_actuator: GuestActuatorConfig,
 }
 
 /// The two ends the link uses: where received commands go, and the updates to send.
@@ -516,7 +242,7 @@ async fn execute_loop(
     updates: mpsc::Sender<CommandUpdate>,
     settings: watch::Sender<Settings>,
     policy_file: PathBuf,
-    guest: crate::actuate::GuestActuatorConfig,
+    guest: GuestActuatorConfig,
     cancels: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
 ) {
     while let Some((cmd, cancel)) = work.recv().await {
@@ -562,7 +288,7 @@ async fn execute_loop(
 /// What an action needs besides the command.
 struct ExecContext {
     policy_file: PathBuf,
-    guest: crate::actuate::GuestActuatorConfig,
+    guest: GuestActuatorConfig,
     settings: watch::Sender<Settings>,
     log: Arc<Mutex<CommandLog>>,
     updates: mpsc::Sender<CommandUpdate>,
@@ -590,7 +316,7 @@ fn execute(cmd: &Command, ctx: &ExecContext, cancel: &AtomicBool) -> (CommandSta
             if !policy.actions.resize {
                 return refused("resize", "actions.resize");
             }
-            match crate::actuate::apply_resize(req, &ctx.guest) {
+            match actuate::apply_resize(req, &ctx.guest) {
                 // Done only when the new size was read back.
                 Ok(o) if o.verified => (CommandState::Succeeded, resize_summary(&o)),
                 Ok(o) => (
@@ -733,45 +459,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_log_claims_each_id_once_and_survives_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join(COMMANDS_FILE);
-        {
-            let log = CommandLog::open(&p).unwrap();
-            assert_eq!(log.claim("c-1", "preload").unwrap(), Claim::New);
-            assert!(matches!(
-                log.claim("c-1", "preload").unwrap(),
-                Claim::Seen { .. }
-            ));
-            log.set_state("c-1", CommandState::Succeeded, Some("done"))
-                .unwrap();
-            assert_eq!(log.claim("c-2", "resize").unwrap(), Claim::New);
-            log.set_state("c-2", CommandState::Running, None).unwrap();
-            log.grant_model("mirror", "v2", &[1; 32]).unwrap();
-        }
-        let log = CommandLog::open(&p).unwrap();
-        assert_eq!(
-            log.claim("c-1", "preload").unwrap(),
-            Claim::Seen {
-                state: CommandState::Succeeded,
-                message: Some("done".into())
-            }
-        );
-        // Interrupted by the restart: failed, and never run again.
-        match log.claim("c-2", "resize").unwrap() {
-            Claim::Seen { state, message } => {
-                assert_eq!(state, CommandState::Failed);
-                assert!(message.unwrap().contains("interrupted"));
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(log.model_granted("mirror", "v2", &[1; 32]).unwrap());
-        assert!(!log.model_granted("mirror", "v2", &[2; 32]).unwrap());
-        assert!(model_granted_in(dir.path(), "mirror", "v2", &[1; 32]).unwrap());
-        assert!(!model_granted_in(dir.path(), "mirror", "v3", &[1; 32]).unwrap());
-    }
-
-    #[test]
     fn config_updates_are_range_checked() {
         let (tx, rx) = watch::channel(Settings {
             sample_interval_ms: 1000,
@@ -799,21 +486,5 @@ mod tests {
             assert!(apply_config(&bad, &tx).is_err(), "{bad:?}");
         }
         assert_eq!(rx.borrow().sample_interval_ms, 500);
-    }
-
-    #[test]
-    fn the_claimed_id_is_read_only_when_harmless() {
-        let c = Command {
-            id: "c-0123".into(),
-            agent_id: "a".into(),
-            issued_ms: 0,
-            expires_ms: 0,
-            action: Action::Cancel { id: "x".into() },
-        };
-        assert_eq!(claimed_id(&c.encode().unwrap()).as_deref(), Some("c-0123"));
-        let mut bad = c.clone();
-        bad.id = "c;rm -rf".into();
-        assert_eq!(claimed_id(&bad.encode().unwrap()), None);
-        assert_eq!(claimed_id(b"\xc1garbage"), None);
     }
 }

@@ -1,0 +1,251 @@
+//! The command log, `state_dir/commands.db`: every command id the agent accepted, with
+//! its last state, and the model versions a signed command granted. An id is on disk
+//! (synchronous=FULL) before its command runs, so a resent command, even after a restart,
+//! is answered with its known state and never run twice. What this is not: signature
+//! checks (`verify`) or running commands (`runner`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use persona_shared::command::CommandState;
+use persona_shared::sqlite::{self, OpenOptions, SqliteError, Synchronous};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Name of the command log in the state dir.
+pub const COMMANDS_FILE: &str = "commands.db";
+/// Ids older than this are forgotten. The coordinator lets a command live at most 7 days
+/// and the agent refuses an expired one by its signed expiry, so an id this old can never
+/// run again anyway.
+const FORGET_AFTER_MS: i64 = 8 * 24 * 3600 * 1000;
+
+/// Errors of the command runner's set-up and log.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("command log: {0}")]
+    Open(#[from] SqliteError),
+    #[error("command log {path}: {source}")]
+    Log {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot read the CA certificate {path}: {reason}")]
+    Ca { path: PathBuf, reason: String },
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// What the log knows about an id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// First time: recorded, run it.
+    New,
+    /// Seen before: its last known state and message.
+    Seen {
+        state: CommandState,
+        message: Option<String>,
+    },
+}
+
+/// The persistent record of accepted command ids (and model grants).
+#[derive(Debug)]
+pub struct CommandLog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl CommandLog {
+    /// Opens `path`, marking commands that were running when the agent stopped as failed.
+    pub fn open(path: &Path) -> Result<CommandLog, CommandError> {
+        let err = |source| CommandError::Log {
+            path: path.to_owned(),
+            source,
+        };
+        // An id must be on disk before its command runs: one fsync per command is cheap.
+        let conn = sqlite::open(path, OpenOptions::new(Synchronous::Full))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS executed(
+                id TEXT PRIMARY KEY, kind TEXT NOT NULL, received_ms INTEGER NOT NULL,
+                state TEXT NOT NULL, finished_ms INTEGER, message TEXT);
+             CREATE TABLE IF NOT EXISTS model_grants(
+                kind TEXT NOT NULL, version TEXT NOT NULL, sha256 BLOB NOT NULL,
+                granted_ms INTEGER NOT NULL, PRIMARY KEY(kind, version));",
+        )
+        .map_err(err)?;
+        conn.execute(
+            "UPDATE executed SET state = 'failed', finished_ms = ?1,
+                message = 'interrupted: the agent stopped before the command finished'
+             WHERE state IN ('delivered', 'running')",
+            params![now_ms()],
+        )
+        .map_err(err)?;
+        conn.execute(
+            "DELETE FROM executed WHERE received_ms < ?1",
+            params![now_ms() - FORGET_AFTER_MS],
+        )
+        .map_err(err)?;
+        Ok(CommandLog {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    fn err(&self) -> impl FnOnce(rusqlite::Error) -> CommandError + '_ {
+        move |source| CommandError::Log {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Records `id` unless it is known; says which.
+    pub fn claim(&self, id: &str, kind: &str) -> Result<Claim, CommandError> {
+        let n = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO executed(id, kind, received_ms, state) VALUES (?1, ?2, ?3, 'delivered')",
+                params![id, kind, now_ms()],
+            )
+            .map_err(self.err())?;
+        if n == 1 {
+            return Ok(Claim::New);
+        }
+        let row: Option<(String, Option<String>)> = self
+            .conn
+            .query_row(
+                "SELECT state, message FROM executed WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.err())?;
+        let (state, message) = row.unwrap_or_else(|| ("failed".into(), None));
+        Ok(Claim::Seen {
+            state: CommandState::parse(&state).unwrap_or(CommandState::Failed),
+            message,
+        })
+    }
+
+    /// Records a state (and, for a final one, the message).
+    pub fn set_state(
+        &self,
+        id: &str,
+        state: CommandState,
+        message: Option<&str>,
+    ) -> Result<(), CommandError> {
+        let finished = state.is_final().then(now_ms);
+        self.conn
+            .execute(
+                "UPDATE executed SET state = ?2, finished_ms = COALESCE(?3, finished_ms),
+                    message = COALESCE(?4, message) WHERE id = ?1",
+                params![id, state.as_str(), finished, message],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Records that the model `kind` at `version` with this checksum may be accepted.
+    pub fn grant_model(
+        &self,
+        kind: &str,
+        version: &str,
+        sha256: &[u8],
+    ) -> Result<(), CommandError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO model_grants(kind, version, sha256, granted_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![kind, version, sha256, now_ms()],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Whether a signed command granted this model (the model push handler may ask).
+    pub fn model_granted(
+        &self,
+        kind: &str,
+        version: &str,
+        sha256: &[u8],
+    ) -> Result<bool, CommandError> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM model_grants WHERE kind = ?1 AND version = ?2 AND sha256 = ?3",
+                params![kind, version, sha256],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(self.err())
+    }
+}
+
+/// Whether a signed `ModelUpdate` granted this model, read from the state dir's command
+/// log by whoever handles a model push (a read of its own; the runner keeps writing).
+pub fn model_granted_in(
+    state_dir: &Path,
+    kind: &str,
+    version: &str,
+    sha256: &[u8],
+) -> Result<bool, CommandError> {
+    let path = state_dir.join(COMMANDS_FILE);
+    let err = |source| CommandError::Log {
+        path: path.clone(),
+        source,
+    };
+    let conn = sqlite::open_read_only(&path, Duration::from_secs(5))?;
+    conn.query_row(
+        "SELECT 1 FROM model_grants WHERE kind = ?1 AND version = ?2 AND sha256 = ?3",
+        params![kind, version, sha256],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|r| r.is_some())
+    .map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_claims_each_id_once_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(COMMANDS_FILE);
+        {
+            let log = CommandLog::open(&p).unwrap();
+            assert_eq!(log.claim("c-1", "preload").unwrap(), Claim::New);
+            assert!(matches!(
+                log.claim("c-1", "preload").unwrap(),
+                Claim::Seen { .. }
+            ));
+            log.set_state("c-1", CommandState::Succeeded, Some("done"))
+                .unwrap();
+            assert_eq!(log.claim("c-2", "resize").unwrap(), Claim::New);
+            log.set_state("c-2", CommandState::Running, None).unwrap();
+            log.grant_model("mirror", "v2", &[1; 32]).unwrap();
+        }
+        let log = CommandLog::open(&p).unwrap();
+        assert_eq!(
+            log.claim("c-1", "preload").unwrap(),
+            Claim::Seen {
+                state: CommandState::Succeeded,
+                message: Some("done".into())
+            }
+        );
+        // Interrupted by the restart: failed, and never run again.
+        match log.claim("c-2", "resize").unwrap() {
+            Claim::Seen { state, message } => {
+                assert_eq!(state, CommandState::Failed);
+                assert!(message.unwrap().contains("interrupted"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(log.model_granted("mirror", "v2", &[1; 32]).unwrap());
+        assert!(!log.model_granted("mirror", "v2", &[2; 32]).unwrap());
+        assert!(model_granted_in(dir.path(), "mirror", "v2", &[1; 32]).unwrap());
+        assert!(!model_granted_in(dir.path(), "mirror", "v3", &[1; 32]).unwrap());
+    }
+}
