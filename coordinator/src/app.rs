@@ -95,11 +95,16 @@ impl Live {
             .unwrap_or_default()
     }
 
-    /// Records a new authenticated connection of an agent.
-    pub fn add(&self, key: i64, conn: Connection) {
-        if let Ok(mut m) = self.conns.lock() {
-            m.entry(key).or_default().push(conn);
-        }
+    /// Records a new authenticated connection of an agent, keeping at most `max` of its
+    /// connections: returns the oldest ones past that, for the caller to close.
+    pub fn add(&self, key: i64, conn: Connection, max: usize) -> Vec<Connection> {
+        let Ok(mut m) = self.conns.lock() else {
+            return Vec::new();
+        };
+        let v = m.entry(key).or_default();
+        v.push(conn);
+        let excess = v.len().saturating_sub(max.max(1));
+        v.drain(..excess).collect()
     }
 
     /// Forgets a connection that ended.

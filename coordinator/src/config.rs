@@ -45,6 +45,69 @@ pub struct ServerSettings {
     pub engine: crate::engine::EngineConfig,
     /// Outside resize actuators by VM (`[[actuator]]`); empty = every agent resizes itself.
     pub actuators: Vec<crate::actuate::ActuatorBinding>,
+    /// What one agent (or anyone) may hold of the QUIC side's memory and throughput.
+    pub ingest_limits: IngestLimits,
+    /// What HTTP clients may hold of the admin API (connections, time to send headers).
+    pub api_limits: ApiLimits,
+}
+
+/// Bounds of the HTTP admin API against a hostile or broken client: how many connections
+/// it serves at once (further ones wait up to [`ApiLimits::queue_wait`] in a short queue,
+/// then get a 503) and how long a client may take to send a request's headers, which is
+/// also how long an idle keep-alive connection is kept.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    /// Connections served at once (lowered at start to fit the open-file limit).
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers, and longest an idle
+    /// keep-alive connection stays open.
+    pub header_timeout: std::time::Duration,
+    /// Longest a request body may take to arrive once its headers are in.
+    pub body_timeout: std::time::Duration,
+    /// Longest an accepted connection waits for a free slot before it gets a 503.
+    pub queue_wait: std::time::Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            header_timeout: std::time::Duration::from_secs(10),
+            body_timeout: std::time::Duration::from_secs(30),
+            queue_wait: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
+/// Bounds of the QUIC side against a compromised agent: how many connections an agent
+/// keeps, how much memory frames still arriving may hold, how long a frame may take,
+/// and how many batch bytes an agent may send per second. The defaults leave a real
+/// agent (one connection, a few KiB per batch every 10 s, a backlog resent after an
+/// outage) far from every bound.
+#[derive(Debug, Clone)]
+pub struct IngestLimits {
+    /// Connections one agent may hold at once; a new one closes the oldest.
+    pub connections_per_agent: usize,
+    /// Bytes all frames still arriving may hold together.
+    pub frame_budget_bytes: usize,
+    /// Bytes the frames still arriving on one connection may hold.
+    pub connection_frame_budget_bytes: usize,
+    /// Longest a frame may take from its header to its last byte (control streams too).
+    pub frame_timeout: std::time::Duration,
+    /// Batch bytes one agent may send per second, with a burst of 8 s worth.
+    pub agent_bytes_per_s: f64,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self {
+            connections_per_agent: 4,
+            frame_budget_bytes: 64 << 20,
+            connection_frame_budget_bytes: 4 << 20,
+            frame_timeout: std::time::Duration::from_secs(30),
+            agent_bytes_per_s: f64::from(1u32 << 20),
+        }
+    }
 }
 
 impl Default for ServerSettings {
@@ -60,6 +123,8 @@ impl Default for ServerSettings {
             catalogue: None,
             engine: crate::engine::EngineConfig::default(),
             actuators: Vec::new(),
+            ingest_limits: IngestLimits::default(),
+            api_limits: ApiLimits::default(),
         }
     }
 }
@@ -69,6 +134,8 @@ pub const SAMPLE_INTERVAL_MS: std::ops::RangeInclusive<i64> = 100..=60_000;
 pub const BATCH_INTERVAL_S: std::ops::RangeInclusive<i64> = 1..=600;
 pub const RETENTION_DAYS: std::ops::RangeInclusive<i64> = 1..=3650;
 pub const MAX_FRAME_BYTES: std::ops::RangeInclusive<i64> = 1024..=(64 << 20);
+pub const API_MAX_CONNECTIONS: std::ops::RangeInclusive<i64> = 1..=65_536;
+pub const API_HEADER_TIMEOUT_S: std::ops::RangeInclusive<i64> = 1..=300;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +166,11 @@ pub struct CoordConfig {
     pub retention_days: u32,
     pub max_frame_bytes: u32,
     pub metrics_require_token: bool,
+    /// HTTP API connections served at once.
+    pub api_max_connections: u32,
+    /// Seconds an HTTP client may take to send a request's headers (and an idle
+    /// keep-alive connection is kept).
+    pub api_header_timeout_s: u32,
     /// Instance catalogue for sizing; None = the built-in one.
     pub catalogue: Option<PathBuf>,
     /// Which resize actuator serves which VM (`[[actuator]]`); VMs without an entry
@@ -120,6 +192,8 @@ impl Default for CoordConfig {
             retention_days: 14,
             max_frame_bytes: 1 << 20,
             metrics_require_token: false,
+            api_max_connections: 256,
+            api_header_timeout_s: 10,
             catalogue: None,
             actuator: Vec::new(),
             engine: crate::engine::EngineConfig::default(),
@@ -211,6 +285,18 @@ impl CoordConfig {
                 MAX_FRAME_BYTES,
                 "1024..=67108864",
             ),
+            (
+                "api_max_connections",
+                i64::from(self.api_max_connections),
+                API_MAX_CONNECTIONS,
+                "1..=65536",
+            ),
+            (
+                "api_header_timeout_s",
+                i64::from(self.api_header_timeout_s),
+                API_HEADER_TIMEOUT_S,
+                "1..=300",
+            ),
         ];
         for (key, v, range, allowed) in ranges {
             if !range.contains(&v) {
@@ -262,6 +348,13 @@ impl CoordConfig {
                 catalogue: self.catalogue.clone(),
                 engine: self.engine.clone(),
                 actuators: self.actuator.clone(),
+                api_limits: ApiLimits {
+                    max_connections: self.api_max_connections as usize,
+                    header_timeout: std::time::Duration::from_secs(u64::from(
+                        self.api_header_timeout_s,
+                    )),
+                    ..ApiLimits::default()
+                },
                 ..ServerSettings::default()
             },
         }
@@ -332,6 +425,20 @@ pub const COORDINATOR_KEYS: &[KeyDoc] = &[
         default: Some("false"),
         allowed: "true or false",
         meaning: "Whether GET /metrics needs the admin bearer token. Off by default: the API listens on loopback and scrapers conventionally scrape without credentials there. Turn it on when `http` is reachable from other hosts. No flag.",
+    },
+    KeyDoc {
+        key: "api_max_connections",
+        ty: "integer",
+        default: Some("256"),
+        allowed: "1..=65536",
+        meaning: "HTTP API connections served at once. A connection over it waits up to 1 s in a short queue for a free slot, then gets a 503. Lowered at start so that the API's connections fit in three quarters of the open-file limit (minus 64 for the database and QUIC), so clients can never take the files the rest of the coordinator needs. No flag.",
+    },
+    KeyDoc {
+        key: "api_header_timeout_s",
+        ty: "integer",
+        default: Some("10"),
+        allowed: "1..=300",
+        meaning: "Seconds an HTTP client may take to send a request's headers; an idle keep-alive connection is closed after as long. A request body must then arrive within 30 s. No flag.",
     },
     KeyDoc {
         key: "catalogue",

@@ -50,7 +50,15 @@ pub enum CoordError {
     },
     #[error("{0}")]
     Profiling(#[from] profile::ProfileError),
+    #[error(
+        "{} is {why}: the admin API would have no usable secret, so the coordinator refuses to start. Fix: delete it (a new token is generated at the next start) or write a token of at least {MIN_ADMIN_TOKEN} characters into it",
+        path.display()
+    )]
+    WeakAdminToken { path: PathBuf, why: &'static str },
 }
+
+/// Shortest admin token accepted (a generated one has 48 hex digits).
+pub const MIN_ADMIN_TOKEN: usize = 16;
 
 /// A running coordinator.
 #[derive(Debug)]
@@ -74,20 +82,37 @@ impl Coordinator {
     }
 }
 
-/// Reads the admin token of a data directory, creating it on first start.
+/// Reads the admin token of a data directory, creating it on first start. Refuses a
+/// token file others can read (mode) and an empty or short token.
 pub fn admin_token(data_dir: &Path) -> Result<String, CoordError> {
     let path = data_dir.join("admin.token");
     if !path.exists() {
         let t = pki::random_hex(24)?;
         pki::write_private(&path, format!("{t}\n").as_bytes())?;
     }
-    std::fs::read_to_string(&path)
+    pki::check_private(&path)?;
+    let token = std::fs::read_to_string(&path)
         .map(|s| s.trim().to_owned())
-        .map_err(|source| CoordError::DataDir { path, source })
+        .map_err(|source| CoordError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    if token.is_empty() {
+        return Err(CoordError::WeakAdminToken { path, why: "empty" });
+    }
+    if token.chars().count() < MIN_ADMIN_TOKEN {
+        return Err(CoordError::WeakAdminToken {
+            path,
+            why: "shorter than 16 characters",
+        });
+    }
+    Ok(token)
 }
 
 /// Creates the data directory (0700) and everything in it on first start, binds the
-/// QUIC and HTTP listeners, and serves until `shutdown` turns true.
+/// QUIC and HTTP listeners, and serves until `shutdown` turns true. Refuses to start
+/// when the data directory, a private key or the admin token is open to other users, or
+/// the admin token is empty (the error names the file, its mode and the `chmod`).
 pub async fn start(
     opts: ServeOptions,
     shutdown: watch::Receiver<bool>,
@@ -102,6 +127,7 @@ pub async fn start(
             path: dir.clone(),
             source,
         })?;
+    pki::check_private(dir)?;
     let pki = Arc::new(pki::Pki::load_or_create(dir)?);
     let token = admin_token(dir)?;
     let store = Arc::new(store::Store::open(&dir.join("persona.db"))?);

@@ -23,6 +23,7 @@ pub mod preload;
 pub mod protocol;
 pub mod resize;
 pub mod sample;
+pub mod text;
 pub mod varint;
 pub mod window;
 

@@ -101,13 +101,32 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     recv: &mut R,
     max: usize,
 ) -> Result<Vec<u8>, WireError> {
+    let len = read_header(recv, max).await?;
+    read_body(recv, len).await
+}
+
+/// Reads a frame's length header and checks it against `max`; nothing is allocated.
+/// A server that must account for the memory of a frame before it arrives (a budget,
+/// a deadline for the body) reads the header with this and the body with
+/// [`read_body`].
+pub async fn read_header<R: AsyncRead + Unpin>(
+    recv: &mut R,
+    max: usize,
+) -> Result<usize, WireError> {
     let mut header = [0u8; 4];
     match fill(recv, &mut header).await? {
         0 => return Err(WireError::Ended),
         4 => {}
         got => return Err(WireError::Truncated { got, want: 4 }),
     }
-    let len = frame_len(header, max)?;
+    Ok(frame_len(header, max)?)
+}
+
+/// Reads the `len` bytes of a frame body announced by [`read_header`].
+pub async fn read_body<R: AsyncRead + Unpin>(
+    recv: &mut R,
+    len: usize,
+) -> Result<Vec<u8>, WireError> {
     let mut body = vec![0u8; len];
     let got = fill(recv, &mut body).await?;
     if got < len {

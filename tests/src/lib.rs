@@ -8,6 +8,7 @@
 pub mod fileserver;
 pub mod layers;
 pub mod load;
+pub mod rawquic;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

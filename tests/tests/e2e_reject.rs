@@ -4,83 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use persona_shared::protocol::{self, AgentMsg, CoordMsg, RejectCode};
+use persona_tests::rawquic::{connect, exchange, frame, identity};
 use persona_tests::{Agent, Coord, gaps, now_s, seconds_of, wait_for};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A raw QUIC connection to the coordinator with the given identity and ALPN.
-async fn connect(
-    addr: SocketAddr,
-    ca_pem: &Path,
-    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-    alpn: &[u8],
-) -> Result<quinn::Connection, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(ca_pem).unwrap())
-        .unwrap();
-    let b = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut cfg = match identity {
-        Some((chain, key)) => b.with_client_auth_cert(chain, key).unwrap(),
-        None => b.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    let conn = ep
-        .connect(addr, protocol::SERVER_NAME)
-        .map_err(|e| e.to_string())?;
-    tokio::time::timeout(Duration::from_secs(10), conn)
-        .await
-        .map_err(|_| "handshake timeout".to_string())?
-        .map_err(|e| e.to_string())
-}
-
-/// Sends raw bytes on a new stream and returns the coordinator's answer, or the error
-/// that ended the exchange (a refused client only learns it on its first stream).
-async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> Result<CoordMsg, String> {
-    let (mut tx, mut rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    tx.write_all(bytes).await.map_err(|e| e.to_string())?;
-    let _ = tx.finish();
-    let body = tokio::time::timeout(Duration::from_secs(10), rx.read_to_end(1 << 20))
-        .await
-        .map_err(|_| "no answer".to_string())?
-        .map_err(|e| e.to_string())?;
-    protocol::decode_frame::<CoordMsg>(&body, 1 << 20)
-        .map_err(|e| e.to_string())?
-        .map(|(m, _)| m)
-        .ok_or_else(|| format!("incomplete answer of {} bytes", body.len()))
-}
-
-fn frame(msg: &AgentMsg) -> Vec<u8> {
-    let mut b = Vec::new();
-    protocol::encode_frame(msg, &mut b, usize::MAX).unwrap();
-    b
-}
+use rustls::pki_types::PrivateKeyDer;
 
 fn rejected(coord: &Coord, reason: &str) -> u64 {
     coord.status()["rejected"][reason].as_u64().unwrap_or(0)
-}
-
-fn identity(state: &Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    (
-        vec![CertificateDer::from_pem_file(state.join("cert.pem")).unwrap()],
-        PrivateKeyDer::from_pem_file(state.join("key.pem")).unwrap(),
-    )
 }
 
 fn enroll_fails(coord: &Coord, dir: &Path, token: &str, ca_hash: &str) -> String {

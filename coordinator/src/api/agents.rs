@@ -161,14 +161,7 @@ pub async fn beliefs(app: Arc<App>, id: &str, query: &str) -> Resp {
         let b = crate::profile::belief::belief(store, &id).map(Option::unwrap_or_default);
         match (b, crate::profile::belief::history(store, &id, since_ms)) {
             (Ok(b), Ok(h)) => {
-                v["prior"] = json!(b.prior);
-                v["observed"] = json!(b.observed);
-                v["combined"] = json!(b.combined);
-                v["belief"] = json!({
-                    "observed_hours": b.observed_hours,
-                    "reports": b.reports,
-                    "prior_weight": b.prior_weight,
-                });
+                crate::profile::belief::put_json(&b, &mut v);
                 v["history"] = Value::Array(h);
                 reply(StatusCode::OK, &v)
             }

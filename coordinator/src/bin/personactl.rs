@@ -223,7 +223,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("personactl: {e}");
+            // The message may quote the coordinator's answer: terminal-safe like stdout.
+            let msg = e.to_string();
+            eprintln!(
+                "personactl: {}",
+                persona_coordinator::cli::text::clean_text(&msg)
+            );
             ExitCode::from(e.exit_code())
         }
     }

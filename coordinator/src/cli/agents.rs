@@ -207,3 +207,46 @@ fn status_table(v: &Value) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::text::assert_renders_inert;
+    use serde_json::json;
+
+    fn agent() -> Value {
+        json!({
+            "id": "a-1", "hostname": "web-1", "state": "connected", "batches": 3,
+            "committed_seq": 3, "last_seen_ms": 1,
+            "facts": {"os_release": "Debian GNU/Linux 12", "kernel": "6.1.0",
+                      "cpus_online": 2, "cpus_possible": 4, "mem_total_bytes": 4294967296u64,
+                      "virtualization": "kvm"},
+            "purpose": {"description": "web shop"},
+            "latest": {"values": {"cpu.user_ratio": 0.5}},
+            "combined": [{"slug": "web-server", "probability": 0.9}],
+            "prior": [], "observed": [],
+            "belief": {"prior_weight": 0.5, "observed_hours": 1.0},
+            "events": [{"severity": "warning", "kind": "pressure", "summary": "cpu pressure"}],
+            "top_processes": [{"comm": "nginx", "cpu_pct": 1.0, "rss_bytes": 1048576}]
+        })
+    }
+
+    #[test]
+    fn agents_show_prints_no_terminal_escapes() {
+        assert_renders_inert(&agent(), show_text, "Debian GNU/Linux 12");
+        assert_renders_inert(&agent(), show_text, "cpu pressure");
+        assert_renders_inert(&agent(), show_text, "nginx");
+        assert_renders_inert(&agent(), show_text, "web shop");
+    }
+
+    #[test]
+    fn agents_list_prints_no_terminal_escapes() {
+        assert_renders_inert(&json!({"agents": [agent()]}), list_table, "web-1");
+    }
+
+    #[test]
+    fn status_prints_no_terminal_escapes() {
+        let v = json!({"version": "0.1.0", "agents": 2, "rejected": {"bad_alpn": 1}});
+        assert_renders_inert(&v, status_table, "bad_alpn");
+    }
+}

@@ -66,13 +66,7 @@ pub struct PreloadArgs {
     pub ttl: String,
 }
 
-fn emit(g: &Global, doc: &Value, human: impl FnOnce(&Value) -> String) {
-    if g.json {
-        println!("{doc}");
-    } else {
-        print!("{}", human(doc));
-    }
-}
+use crate::cli::emit;
 
 fn valid_id(id: &str) -> Result<(), CtlError> {
     let ok = !id.is_empty()
@@ -302,5 +296,23 @@ mod tests {
         assert!(parse_file("nope").is_err());
         assert!(valid_id("c-0123abcd").is_ok());
         assert!(valid_id("../x").is_err());
+    }
+
+    fn command() -> Value {
+        json!({"id": "c-1", "agent": "a-1", "kind": "preload", "state": "failed",
+               "percent": 50.0, "created_ms": 1, "expires_ms": 2, "attempts": 1,
+               "step": "apt install curl", "message": "E: unable to locate curl",
+               "action": {"Preload": {"packages": ["x\u{1b}[2J"]}}})
+    }
+
+    #[test]
+    fn commands_show_prints_no_terminal_escapes() {
+        crate::cli::text::assert_renders_inert(&command(), show_text, "unable to locate curl");
+    }
+
+    #[test]
+    fn commands_list_prints_no_terminal_escapes() {
+        let v = json!({"commands": [command()]});
+        crate::cli::text::assert_renders_inert(&v, list_table, "unable to locate curl");
     }
 }

@@ -46,11 +46,7 @@ pub fn run(a: EventsArgs, g: &Global) -> Result<(), CtlError> {
     }
     let client = g.client()?;
     let v = client.call_blocking(Method::GET, &path, None)?;
-    if g.json {
-        println!("{v}");
-    } else {
-        print!("{}", render(&v));
-    }
+    crate::cli::emit(g, &v, render);
     Ok(())
 }
 
@@ -135,5 +131,16 @@ mod tests {
             "{s}"
         );
         assert_eq!(render(&json!({"events": []})), "no events\n");
+    }
+
+    #[test]
+    fn events_print_no_terminal_escapes() {
+        let v = json!({"events": [
+            {"agent_id": "a-1", "id": 4, "kind": "runaway_process", "resource": "cpu",
+             "comm": "yes", "severity": "warning", "since_ms": 1_000, "at_ms": 601_000,
+             "summary": "process yes"}
+        ]});
+        crate::cli::text::assert_renders_inert(&v, render, "process yes");
+        crate::cli::text::assert_renders_inert(&v, render, "(yes");
     }
 }

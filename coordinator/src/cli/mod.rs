@@ -1,6 +1,8 @@
 //! `personactl`'s side of the coordinator crate: the HTTP client (`client`), the global
 //! options ([`Global`]), human tables (`table`) and one file per command group (`agents`,
-//! `tokens`, `commands`, `events`, `profile`, `recommend`, `replay`). It talks to a
+//! `tokens`, `commands`, `events`, `profile`, `recommend`, `replay`) and terminal-safe
+//! text (`text`: every human rendering gets a document whose strings have no escape
+//! sequences or control characters left, see [`human`]). It talks to a
 //! running coordinator only over the HTTP API; it never opens the store. The binary
 //! (`src/bin/personactl.rs`) parses the command line and calls one of these.
 
@@ -12,6 +14,7 @@ pub mod profile;
 pub mod recommend;
 pub mod replay;
 pub mod table;
+pub mod text;
 pub mod tokens;
 
 use std::path::PathBuf;
@@ -36,13 +39,20 @@ impl Global {
     }
 }
 
-/// Prints `doc` as JSON with `--json`, else as `human` renders it.
-pub fn emit(g: &Global, doc: &Value, human: impl FnOnce(&Value) -> String) {
+/// Prints `doc` as JSON with `--json`, else as `render` renders it (through [`human`]).
+pub fn emit(g: &Global, doc: &Value, render: impl FnOnce(&Value) -> String) {
     if g.json {
         println!("{doc}");
     } else {
-        print!("{}", human(doc));
+        print!("{}", human(doc, render));
     }
+}
+
+/// The human rendering of `doc`: `render` sees a copy whose every string went through
+/// [`text::clean_text`], so agent-supplied text cannot carry terminal escapes into the
+/// output whichever renderer prints it (tables also flatten newlines per cell).
+pub fn human(doc: &Value, render: impl FnOnce(&Value) -> String) -> String {
+    render(&text::clean_value(doc))
 }
 
 /// "12s ago" for a time in ms, "never" when absent.

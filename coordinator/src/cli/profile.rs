@@ -494,3 +494,32 @@ fn mirror_human(v: &Value) -> String {
         r["seconds"].as_f64().unwrap_or(0.0),
     )
 }
+
+#[cfg(test)]
+mod render_tests {
+    use super::*;
+
+    #[test]
+    fn persona_show_prints_no_terminal_escapes() {
+        let v = json!({"source": "imported", "updated_ms": 1,
+                       "persona": {"name": "Call centre", "slug": "call-centre",
+                                   "description": "headsets and a CRM",
+                                   "requirements": {"vcpus": {"value": 2, "ref": "vendor",
+                                                              "note": "per seat"}},
+                                   "os": {"distribution": "debian"}}});
+        crate::cli::text::assert_renders_inert(&v, show_persona, "headsets and a CRM");
+        crate::cli::text::assert_renders_inert(&v, show_persona, "per seat");
+    }
+
+    #[test]
+    fn every_emitted_document_reaches_its_renderer_clean() {
+        // The inline renderers (persona list, series, token create, preload) print
+        // fields of the document as given; `human` hands them a cleaned copy.
+        let v = json!({"personas": [{"slug": "x", "source": "builtin", "name": "Name"}]});
+        crate::cli::text::assert_renders_inert(
+            &v,
+            |v| v["personas"][0]["name"].as_str().unwrap_or("").to_owned(),
+            "Name",
+        );
+    }
+}

@@ -101,16 +101,16 @@ pub fn recommend(a: RecommendArgs, g: &Global) -> Result<(), CtlError> {
     } else {
         c.call_blocking(Method::GET, &base, None)?
     };
-    if g.json {
-        println!("{v}");
-    } else if a.apply {
-        print!(
-            "submitted command {}\n\n{}",
-            v["command"].as_str().unwrap_or("?"),
-            human(&v["recommendation"])
-        );
+    if a.apply {
+        crate::cli::emit(g, &v, |v| {
+            format!(
+                "submitted command {}\n\n{}",
+                v["command"].as_str().unwrap_or("?"),
+                human(&v["recommendation"])
+            )
+        });
     } else {
-        print!("{}", human(&v));
+        crate::cli::emit(g, &v, human);
     }
     Ok(())
 }
@@ -213,4 +213,21 @@ pub fn human(v: &Value) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recommend_prints_no_terminal_escapes() {
+        let v = json!({"agent": "a-1", "mode": "off", "platform": "guest", "change": "none",
+                       "current": {"cpu_cores": 2.0, "memory_gib": 4.0},
+                       "personas_source": "observed",
+                       "cost": {"current": {"shape": "m5.large", "monthly_usd": 70.0}},
+                       "reasons": [{"resource": "cpu", "kind": "percentile",
+                                    "detail": "p75 of 1.2 cores"}]});
+        crate::cli::text::assert_renders_inert(&v, human, "p75 of 1.2 cores");
+        crate::cli::text::assert_renders_inert(&v, human, "m5.large");
+    }
 }

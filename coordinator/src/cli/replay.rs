@@ -95,11 +95,7 @@ pub fn replay(a: ReplayArgs, g: &Global) -> Result<(), CtlError> {
         );
     }
     let doc = serde_json::to_value(&report)?;
-    if g.json {
-        println!("{doc}");
-    } else {
-        print!("{}", human(&doc));
-    }
+    crate::cli::emit(g, &doc, human);
     Ok(())
 }
 

@@ -51,8 +51,19 @@ impl Table {
         self
     }
 
+    /// Adds a row; each cell is made terminal-safe and one line
+    /// ([`super::text::clean_line`]), so a cell can neither drive the terminal nor
+    /// break the table.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|c| match super::text::clean_line(&c) {
+                    std::borrow::Cow::Borrowed(_) => c,
+                    std::borrow::Cow::Owned(o) => o,
+                })
+                .collect(),
+        );
     }
 
     pub fn render(&self) -> String {

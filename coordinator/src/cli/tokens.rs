@@ -92,3 +92,15 @@ fn list_table(v: &Value) -> String {
     }
     table.render()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_list_prints_no_terminal_escapes() {
+        let v = json!({"tokens": [{"id": "0123456789abcdef", "expires_ms": 1, "uses_left": 0,
+                                    "used": 1, "revoked": false}]});
+        crate::cli::text::assert_renders_inert(&v, list_table, "0123456789abcdef");
+    }
+}

@@ -157,10 +157,10 @@ pub fn open_session(
 
 /// Why the control stream's loop ended.
 #[derive(Debug, thiserror::Error)]
-pub enum ControlError {
+pub enum ControlError<E> {
     /// Reading the agent's next frame failed (or the agent finished the stream).
     #[error("{0}")]
-    Read(WireError),
+    Read(E),
     /// Writing a pushed command failed: the stream is gone or the push cannot be framed.
     #[error("cannot push on the control stream: {0}")]
     Push(WireError),
@@ -169,14 +169,14 @@ pub enum ControlError {
 /// Awaits `read` (the control stream's next frame) while writing whatever the delivery
 /// task pushes on the same stream. The read future is kept across pushes, so no byte
 /// of an incoming frame is lost.
-pub async fn read_or_push<F>(
+pub async fn read_or_push<F, E>(
     read: F,
     tx: &mut SendStream,
     pushes: &mut Option<mpsc::Receiver<CoordMsg>>,
     max: usize,
-) -> Result<Vec<u8>, ControlError>
+) -> Result<Vec<u8>, ControlError<E>>
 where
-    F: Future<Output = Result<Vec<u8>, WireError>>,
+    F: Future<Output = Result<Vec<u8>, E>>,
 {
     tokio::pin!(read);
     loop {

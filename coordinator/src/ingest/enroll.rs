@@ -13,7 +13,10 @@ use tracing::info;
 
 use persona_shared::protocol::{self, AgentMsg, CoordMsg, EnrollResponse, RejectCode};
 
-use super::{Ingest, STREAM_TIMEOUT, read_frame, reject, send};
+use persona_shared::wire::WireError;
+
+use super::limits::FrameBudget;
+use super::{Ingest, STREAM_TIMEOUT, reject, send};
 use crate::pki;
 use crate::store::TokenRefusal;
 
@@ -31,7 +34,21 @@ pub(super) async fn enrollment(conn: Connection, ing: Arc<Ingest>) {
         conn.close(VarInt::from_u32(2), b"client certificate required");
         return;
     };
-    let body = match tokio::time::timeout(STREAM_TIMEOUT, read_frame(&mut rx, max)).await {
+    // Unauthenticated frames are small (64 KiB at most) but come from anyone: their
+    // bytes are reserved from the server's frame budget like an agent's.
+    let read = async {
+        let len = persona_shared::wire::read_header(&mut rx, max).await?;
+        let held = FrameBudget::reserve(&[&ing.frames], len);
+        if held.is_none() {
+            // "Exceeds what is left": the budget is the bound here.
+            return Err(WireError::TooLarge {
+                len,
+                max: ing.frames.available_bytes(),
+            });
+        }
+        persona_shared::wire::read_body(&mut rx, len).await
+    };
+    let body = match tokio::time::timeout(STREAM_TIMEOUT, read).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             ing.app.stats.reject("bad_frame");

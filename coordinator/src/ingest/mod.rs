@@ -8,8 +8,10 @@
 //! Batches from all connections go through one writer thread that commits them in groups
 //! (one SQLite transaction for many batches), which is what makes a large fleet affordable.
 
+mod clean;
 mod enroll;
 pub mod events;
+pub mod limits;
 mod session;
 pub mod writer;
 
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use quinn::{RecvStream, SendStream, VarInt};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use persona_shared::protocol::{self, CoordMsg, Reject, RejectCode};
 
@@ -31,6 +33,7 @@ use persona_shared::wire::WireError;
 use crate::app::App;
 
 use crate::store;
+use limits::{Buckets, FrameBudget};
 use writer::Writer;
 
 /// Errors that stop the server as a whole (per-stream problems never do).
@@ -87,42 +90,19 @@ impl LogLimiter {
     }
 }
 
-/// Token bucket per source address, so one address cannot flood the handshake path.
-#[derive(Debug)]
-struct ConnLimiter {
-    rate: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
-}
-
-impl ConnLimiter {
-    fn allow(&self, ip: IpAddr) -> bool {
-        let Ok(mut m) = self.buckets.lock() else {
-            return false;
-        };
-        let now = Instant::now();
-        let burst = self.rate * 4.0;
-        if m.len() > 100_000 {
-            m.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
-        }
-        let (tokens, at) = m.entry(ip).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// The QUIC side's own state around the `App`: the group-commit writer, the refusal
-/// log limiter and the per-address connection limiter.
+/// log limiter, the per-address connection limiter, the memory budget of frames still
+/// arriving and the per-agent batch quota.
 pub struct Ingest {
     pub app: Arc<App>,
     writer: Writer,
     pub(crate) log: LogLimiter,
-    limiter: ConnLimiter,
+    /// New connections per validated source address (token bucket, burst of 4x).
+    limiter: Buckets<IpAddr>,
+    /// Bytes all frames still arriving may hold (`IngestLimits::frame_budget_bytes`).
+    pub(crate) frames: FrameBudget,
+    /// Batch bytes per agent key (`IngestLimits::agent_bytes_per_s`).
+    pub(crate) quota: Buckets<i64>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -170,11 +150,12 @@ pub fn bind(
                 source,
             })?;
     let writer = Writer::spawn(app.clone()).map_err(ServeError::Writer)?;
+    let rate = app.settings.conn_rate_per_ip;
+    let limits = &app.settings.ingest_limits;
     let ingest = Arc::new(Ingest {
-        limiter: ConnLimiter {
-            rate: app.settings.conn_rate_per_ip,
-            buckets: Mutex::new(HashMap::new()),
-        },
+        limiter: Buckets::new(rate, rate * 4.0),
+        frames: FrameBudget::new(limits.frame_budget_bytes),
+        quota: Buckets::new(limits.agent_bytes_per_s, limits.agent_bytes_per_s * 8.0),
         app,
         writer,
         log: LogLimiter::new(Duration::from_secs(10)),
@@ -199,8 +180,18 @@ pub async fn run(endpoint: quinn::Endpoint, ing: Arc<Ingest>, mut shutdown: watc
             }
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                // The source of an Initial is only a claim until the peer answers a
+                // Retry: counting it before would let anyone who can spoof a UDP source
+                // spend a real agent's allowance (it never sees our Retry, so it never
+                // comes back validated).
+                if !incoming.remote_address_validated() {
+                    if let Err(e) = incoming.retry() {
+                        debug!("cannot ask for address validation: {e}");
+                    }
+                    continue;
+                }
                 let ip = incoming.remote_address().ip();
-                if !ing.limiter.allow(ip) {
+                if !ing.limiter.take(ip, 1.0) {
                     ing.app.stats.reject("rate_limited");
                     ing.log.warn("rate_limited", incoming.remote_address(), &"too many new connections from this address");
                     incoming.refuse();
@@ -226,6 +217,10 @@ async fn retention_loop(ing: Arc<Ingest>, mut shutdown: watch::Receiver<bool>) {
             // Events and belief snapshots age out with the telemetry (events.rs).
             if let Err(e) = crate::ingest::events::delete_before(&store, cutoff) {
                 warn!("retention of events failed: {e}");
+            }
+            // Tokens that expired, were used up or revoked go a day later.
+            if let Err(e) = store.prune_tokens(store::now_ms() - 86_400_000) {
+                warn!("pruning old join tokens failed: {e}");
             }
             store.delete_before(cutoff)
         })

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream, VarInt};
@@ -16,7 +16,8 @@ use persona_shared::protocol::{
     self, AgentMsg, Batch, CoordMsg, Hello, Reject, RejectCode, Welcome,
 };
 
-use super::{Ingest, STREAM_TIMEOUT, events, read_frame, reject, send};
+use super::limits::FrameBudget;
+use super::{Ingest, STREAM_TIMEOUT, clean, events, reject, send};
 use persona_shared::wire::WireError;
 
 use crate::commands::delivery::ControlError;
@@ -62,12 +63,28 @@ pub(super) async fn agent_session(
         }
     };
     ing.app.stats.connections.fetch_add(1, Ordering::Relaxed);
-    ing.app.live.add(auth.key, conn.clone());
+    let limits = &ing.app.settings.ingest_limits;
+    // One agent holds a few connections at most: a new one closes the oldest, so a
+    // stolen identity cannot open hundreds (a restarted agent's new connection wins).
+    for old in ing
+        .app
+        .live
+        .add(auth.key, conn.clone(), limits.connections_per_agent)
+    {
+        ing.app.stats.reject("connection_superseded");
+        old.close(VarInt::from_u32(5), b"superseded by a newer connection");
+    }
     debug!(agent = %auth.id, %peer, "agent connected");
+    let session = Arc::new(Session {
+        auth: auth.clone(),
+        peer,
+        frames: FrameBudget::new(limits.connection_frame_budget_bytes),
+        control: AtomicBool::new(false),
+    });
     loop {
         match conn.accept_bi().await {
             Ok((tx, rx)) => {
-                tokio::spawn(handle_stream(tx, rx, auth.clone(), ing.clone(), peer));
+                tokio::spawn(handle_stream(tx, rx, session.clone(), ing.clone()));
             }
             Err(e) => {
                 debug!(agent = %auth.id, "connection ended: {e}");
@@ -90,13 +107,56 @@ async fn refuse_streams(conn: &Connection, code: RejectCode, why: &str, ing: &In
     conn.close(VarInt::from_u32(3), why.as_bytes());
 }
 
+/// One authenticated connection: whose it is, the memory its unfinished frames may hold,
+/// and whether its control stream is taken (a connection has one).
+struct Session {
+    auth: store::AgentAuth,
+    peer: SocketAddr,
+    frames: FrameBudget,
+    control: AtomicBool,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+enum FrameError {
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    #[error("a frame of {len} bytes does not fit the memory left for frames in flight")]
+    Budget { len: usize },
+    #[error("the frame's {len} bytes did not arrive within {secs} s")]
+    Stalled { len: usize, secs: u64 },
+}
+
+/// Reads one frame: the header (as long as it takes: a quiet control stream is
+/// normal), then reserves the body's bytes from the server's and the connection's
+/// budgets before allocating, and reads the body within the frame timeout.
+async fn read_budgeted(
+    rx: &mut RecvStream,
+    max: usize,
+    ing: &Ingest,
+    session: &Session,
+) -> Result<Vec<u8>, FrameError> {
+    let len = persona_shared::wire::read_header(rx, max).await?;
+    let Some(_held) = FrameBudget::reserve(&[&ing.frames, &session.frames], len) else {
+        return Err(FrameError::Budget { len });
+    };
+    let limit = ing.app.settings.ingest_limits.frame_timeout;
+    match tokio::time::timeout(limit, persona_shared::wire::read_body(rx, len)).await {
+        Ok(body) => Ok(body?),
+        Err(_) => Err(FrameError::Stalled {
+            len,
+            secs: limit.as_secs(),
+        }),
+    }
+}
+
 async fn handle_stream(
     mut tx: SendStream,
     mut rx: RecvStream,
-    auth: store::AgentAuth,
+    session: Arc<Session>,
     ing: Arc<Ingest>,
-    peer: SocketAddr,
 ) {
+    let (auth, peer) = (&session.auth, session.peer);
     let max = ing.app.settings.max_frame;
     // A stream must say what it is within the timeout; after Hello the control stream
     // may stay quiet for as long as the connection lives (the agent writes on it only
@@ -105,7 +165,7 @@ async fn handle_stream(
     // Commands pushed to this agent on its control stream (after Hello).
     let mut pushes = None;
     loop {
-        let next = read_frame(&mut rx, max);
+        let next = read_budgeted(&mut rx, max, &ing, &session);
         let read = if is_control {
             Ok(crate::commands::delivery::read_or_push(next, &mut tx, &mut pushes, max).await)
         } else {
@@ -117,15 +177,20 @@ async fn handle_stream(
             Ok(Ok(b)) => b,
             // The agent went away (a clean end of the control stream is not an error),
             // or a push found the stream gone: close quietly.
-            Ok(Err(ControlError::Read(e))) if e.is_disconnect() => return,
+            Ok(Err(ControlError::Read(FrameError::Wire(e)))) if e.is_disconnect() => return,
             Ok(Err(ControlError::Push(e))) => {
                 debug!(agent = %auth.id, "control stream ended while pushing: {e}");
                 return;
             }
             Ok(Err(ControlError::Read(e))) => {
                 let (reason, code) = match e {
-                    WireError::TooLarge { .. } => ("frame_too_large", RejectCode::TooLarge),
-                    _ => ("bad_frame", RejectCode::BadMessage),
+                    FrameError::Wire(WireError::TooLarge { .. }) => {
+                        ("frame_too_large", RejectCode::TooLarge)
+                    }
+                    // Not the agent's fault as such: it may retry once memory is free.
+                    FrameError::Budget { .. } => ("frame_budget", RejectCode::Internal),
+                    FrameError::Stalled { .. } => ("frame_stalled", RejectCode::BadMessage),
+                    FrameError::Wire(_) => ("bad_frame", RejectCode::BadMessage),
                 };
                 ing.app.stats.reject(reason);
                 ing.log.warn(reason, peer, &e);
@@ -135,10 +200,11 @@ async fn handle_stream(
             }
             Err(_) => return,
         };
+        let body_len = body.len() + 4;
         ing.app
             .stats
             .bytes_received
-            .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+            .fetch_add(body_len as u64, Ordering::Relaxed);
         let msg = match protocol::decode_body::<AgentMsg>(&body) {
             Ok(m) => m,
             Err(e) => {
@@ -150,9 +216,32 @@ async fn handle_stream(
             }
         };
         match msg {
-            AgentMsg::Hello(h) => {
+            AgentMsg::Hello(_) if is_control || session.control.swap(true, Ordering::AcqRel) => {
+                // One control stream per connection: every extra one would hold a
+                // delivery task and a frame buffer for as long as it stays open.
+                ing.app.stats.reject("second_hello");
+                ing.log.warn(
+                    "second_hello",
+                    peer,
+                    &format!("agent {}: a connection has one control stream", auth.id),
+                );
+                reject(
+                    &mut tx,
+                    RejectCode::BadMessage,
+                    "this connection already has a control stream".into(),
+                    max,
+                )
+                .await;
+                let _ = rx.stop(VarInt::from_u32(4));
+                return;
+            }
+            AgentMsg::Hello(mut h) => {
+                clean::facts(&mut h.facts);
+                if let Some(p) = &mut h.purpose {
+                    clean::purpose(p);
+                }
                 let model_version = h.model_version.clone();
-                if on_hello(&mut tx, h, &auth, &ing).await.is_err() {
+                if on_hello(&mut tx, h, auth, &ing).await.is_err() {
                     return;
                 }
                 is_control = true;
@@ -177,7 +266,8 @@ async fn handle_stream(
                     )
                 });
             }
-            AgentMsg::Facts(f) => {
+            AgentMsg::Facts(mut f) => {
+                clean::facts(&mut f);
                 let store = ing.app.store.clone();
                 let facts = serde_json::to_string(&f).ok();
                 let key = auth.key;
@@ -186,8 +276,26 @@ async fn handle_stream(
                 })
                 .await;
             }
-            AgentMsg::Batch(b) => {
-                let reply = on_batch(b, &auth, &ing, peer).await;
+            AgentMsg::Batch(mut b) => {
+                clean::procs(&mut b.procs);
+                let reply = if ing.quota.take(auth.key, body_len as f64) {
+                    on_batch(b, auth, &ing, peer).await
+                } else {
+                    // Not permanent: the agent keeps the batch and comes back later.
+                    ing.app.stats.reject("agent_quota");
+                    ing.log.warn(
+                        "agent_quota",
+                        peer,
+                        &format!("agent {} is over its ingest quota", auth.id),
+                    );
+                    CoordMsg::Reject(Reject {
+                        code: RejectCode::Internal,
+                        message: format!(
+                            "over this agent's ingest quota ({:.0} bytes/s); retry later",
+                            ing.app.settings.ingest_limits.agent_bytes_per_s
+                        ),
+                    })
+                };
                 let _ = send(&mut tx, &reply, max).await;
                 let _ = tx.finish();
                 return;
@@ -195,8 +303,9 @@ async fn handle_stream(
             AgentMsg::CommandUpdate(u) => {
                 crate::commands::delivery::on_update(&ing.app.store, auth.key, &auth.id, u).await;
             }
-            AgentMsg::Event(e) => {
-                if events::on_event(&mut tx, e, &auth, &ing.app).await.is_err() {
+            AgentMsg::Event(mut e) => {
+                clean::event(&mut e);
+                if events::on_event(&mut tx, e, auth, &ing.app).await.is_err() {
                     return;
                 }
             }

@@ -45,6 +45,53 @@ pub enum PkiError {
     BadPublicKey(String),
     #[error("client verifier: {0}")]
     Verifier(String),
+    #[error(
+        "{} has mode {mode:04o}: other users can read or change it, so the coordinator refuses to start. Fix: chmod {fix} {}",
+        path.display(),
+        path.display()
+    )]
+    Exposed {
+        path: PathBuf,
+        mode: u32,
+        /// The mode to set (`600` for a file, `700` for a directory).
+        fix: &'static str,
+    },
+}
+
+/// Refuses a secret file (a key, the admin token) or the directory holding them when
+/// anyone but its owner has any access to it (mode bits `0o077`).
+pub fn check_private(path: &Path) -> Result<(), PkiError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(PkiError::Exposed {
+            path: path.to_owned(),
+            mode,
+            fix: if meta.is_dir() { "700" } else { "600" },
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `point` is an uncompressed P-256 point on the curve (not only 65 bytes
+/// starting with 0x04). ring has no "validate this public key" call, but its ECDH
+/// validates the peer's point fully (coordinates below the field prime, the curve
+/// equation) before it agrees on anything, so an agreement with a throwaway key is
+/// exactly that check.
+fn check_p256_point(point: &[u8]) -> Result<(), PkiError> {
+    use ring::agreement::{ECDH_P256, EphemeralPrivateKey, UnparsedPublicKey, agree_ephemeral};
+    if point.len() != 65 || point.first() != Some(&0x04) {
+        return Err(PkiError::BadPublicKey(format!(
+            "expected a 65-byte uncompressed P-256 point, got {} bytes",
+            point.len()
+        )));
+    }
+    let rng = ring::rand::SystemRandom::new();
+    let mine = EphemeralPrivateKey::generate(&ECDH_P256, &rng)
+        .map_err(|_| PkiError::BadPublicKey("system random unavailable".into()))?;
+    agree_ephemeral(mine, &UnparsedPublicKey::new(&ECDH_P256, point), |_| ())
+        .map_err(|_| PkiError::BadPublicKey("the point is not on the P-256 curve".into()))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -153,6 +200,7 @@ impl Pki {
             write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
             write_private(&ca_pem_path, cert.pem().as_bytes())?;
         }
+        check_private(&ca_key_path)?;
         let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
         let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| PkiError::Parse {
             path: ca_key_path.clone(),
@@ -187,6 +235,7 @@ impl Pki {
             path: srv_pem_path.clone(),
             reason: e.to_string(),
         })?;
+        check_private(&srv_key_path)?;
         let srv_key = fs::read(&srv_key_path).map_err(io_err(&srv_key_path))?;
         let srv_key_der = PrivateKeyDer::from_pem_slice(&srv_key).map_err(|e| PkiError::Parse {
             path: srv_key_path.clone(),
@@ -213,13 +262,10 @@ impl Pki {
         agent_id: &str,
         public_key: &[u8],
     ) -> Result<(String, String), PkiError> {
-        // An uncompressed P-256 point: 0x04 || X || Y. Anything else cannot be our agent.
-        if public_key.len() != 65 || public_key.first() != Some(&0x04) {
-            return Err(PkiError::BadPublicKey(format!(
-                "expected a 65-byte uncompressed P-256 point, got {} bytes",
-                public_key.len()
-            )));
-        }
+        // An uncompressed P-256 point on the curve: 0x04 || X || Y. Anything else
+        // cannot be our agent's key, and a certificate for it would be garbage signed by
+        // our CA.
+        check_p256_point(public_key)?;
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name = DistinguishedName::new();
         p.distinguished_name.push(DnType::CommonName, agent_id);
@@ -324,5 +370,52 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().to_lowercase().contains("expired"), "{err}");
         assert!(pki.sign_agent("a-2", &[3; 65]).is_err());
+    }
+
+    #[test]
+    fn an_off_curve_point_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path()).unwrap();
+        // Right length and prefix, but (1, 1) is not on P-256: y^2 = 1, x^3 - 3x + b != 1.
+        let mut point = [0u8; 65];
+        point[0] = 0x04;
+        point[32] = 1;
+        point[64] = 1;
+        let e = pki.sign_agent("a-3", &point).unwrap_err().to_string();
+        assert!(e.contains("not on the P-256 curve"), "{e}");
+        // A real key with one bit of Y flipped is off the curve too.
+        let key = KeyPair::generate().unwrap();
+        let mut bent = key.public_key_raw().to_vec();
+        bent[64] ^= 1;
+        assert!(pki.sign_agent("a-4", &bent).is_err());
+        // X at or above the field prime is refused, not reduced.
+        let mut big = [0xffu8; 65];
+        big[0] = 0x04;
+        assert!(pki.sign_agent("a-5", &big).is_err());
+        pki.sign_agent("a-6", key.public_key_raw()).unwrap();
+    }
+
+    #[test]
+    fn a_world_readable_key_refuses_to_start_naming_file_mode_and_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        Pki::load_or_create(dir.path()).unwrap();
+        for f in ["ca.key", "server.key"] {
+            let path = dir.path().join(f);
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+            let e = Pki::load_or_create(dir.path()).unwrap_err().to_string();
+            assert!(
+                e.contains(&path.display().to_string())
+                    && e.contains("0644")
+                    && e.contains(&format!("chmod 600 {}", path.display())),
+                "{e}"
+            );
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+            assert!(
+                Pki::load_or_create(dir.path()).is_err(),
+                "group-readable {f}"
+            );
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        Pki::load_or_create(dir.path()).unwrap();
     }
 }

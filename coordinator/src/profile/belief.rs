@@ -380,10 +380,9 @@ pub fn history(store: &Store, agent_id: &str, since_ms: i64) -> Result<Vec<Value
         .collect())
 }
 
-/// Adds `prior`, `observed`, `combined` (each `[{"slug","probability"}]`), the prior's
-/// weight and the agent's recent events to the `agents show` document.
-pub fn augment_agent_json(store: &Store, agent_id: &str, v: &mut Value) -> Result<(), StoreError> {
-    let b = belief(store, agent_id)?.unwrap_or_default();
+/// Sets `prior`, `observed`, `combined` (each `[{"slug","probability"}]`) and `belief`
+/// (observed hours, reports, the prior's weight) of a document about an agent.
+pub fn put_json(b: &Belief, v: &mut Value) {
     v["prior"] = json!(b.prior);
     v["observed"] = json!(b.observed);
     v["combined"] = json!(b.combined);
@@ -392,6 +391,12 @@ pub fn augment_agent_json(store: &Store, agent_id: &str, v: &mut Value) -> Resul
         "reports": b.reports,
         "prior_weight": b.prior_weight,
     });
+}
+
+/// Adds the beliefs ([`put_json`]) and the agent's recent events to the `agents show`
+/// document.
+pub fn augment_agent_json(store: &Store, agent_id: &str, v: &mut Value) -> Result<(), StoreError> {
+    put_json(&belief(store, agent_id)?.unwrap_or_default(), v);
     let events = store.list_events(Some(agent_id), 0, 20)?;
     v["events"] = json!(events);
     Ok(())

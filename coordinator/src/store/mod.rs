@@ -19,8 +19,11 @@
 //! block, the series index and the concatenated value blocks. The series index inside
 //! the row locates each metric's block, and the (agent, end time) index finds the rows of
 //! a time range, so a query slices out the one block it needs and decodes only that.
-//! Nothing is decoded on ingest. WAL mode with `synchronous=NORMAL` makes a commit
-//! durable against a crash of the process (SIGKILL), which is what the ack promises.
+//! Nothing is decoded on ingest. The write connection runs WAL mode with
+//! `synchronous=FULL`: every commit (one group commit for all waiting batches) is
+//! fsynced before it returns, so an acknowledged batch survives a power loss, not only
+//! a crash of the process. The read connection stays at `NORMAL` (it commits nothing
+//! that an ack promises). docs/BENCHMARKS.md has the cost.
 //!
 //! What it is not: the rules of any feature (the state machine, the belief formula,
 //! persona validation): the features decide, the store keeps.
@@ -51,7 +54,7 @@ pub use events::StoredEvent;
 pub use models::{AgentModel, MirrorModelRow, NewMirrorModel};
 pub use personas::{Feedback, ImportReport, PersonaRecord};
 pub use telemetry::{IngestItem, Latest, MAX_POINTS};
-pub use tokens::{TokenInfo, TokenRefusal};
+pub use tokens::{MAX_TOKEN_LIST, TokenInfo, TokenRefusal};
 
 /// What the database itself said, whichever backend it is (today SQLite). Its text is
 /// the backend's message.
@@ -158,9 +161,12 @@ pub struct Store {
 
 /// Opens one connection in WAL mode (the workspace's one SQLite open helper, which also
 /// creates the file readable only by its owner).
-fn open_conn(path: &Path) -> Result<Connection, StoreError> {
-    use persona_shared::sqlite::{OpenOptions, Synchronous};
-    let opts = OpenOptions::new(Synchronous::Normal)
+fn open_conn(
+    path: &Path,
+    sync: persona_shared::sqlite::Synchronous,
+) -> Result<Connection, StoreError> {
+    use persona_shared::sqlite::OpenOptions;
+    let opts = OpenOptions::new(sync)
         .busy_timeout(std::time::Duration::from_secs(10))
         .mode(0o600);
     Ok(persona_shared::sqlite::open(path, opts)?)
@@ -170,9 +176,11 @@ impl Store {
     /// Opens (creating if needed, readable only by its owner) the database at `path` and
     /// brings its schema up to date ([`schema::MIGRATIONS`]).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut write = open_conn(path)?;
+        use persona_shared::sqlite::Synchronous;
+        // The writer commits what acks promise: FULL, so a commit is on disk when it returns.
+        let mut write = open_conn(path, Synchronous::Full)?;
         schema::apply(&mut write)?;
-        let read = open_conn(path)?;
+        let read = open_conn(path, Synchronous::Normal)?;
         Ok(Self {
             write: Mutex::new(write),
             read: Mutex::new(read),
@@ -187,5 +195,39 @@ impl Store {
     /// The reader (for this module's operations only).
     fn r(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
         self.read.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// The write connection's `PRAGMA synchronous` as SQLite reports it (`"FULL"`,
+    /// `"NORMAL"`, ...): what a commit, and so an ack, is durable against.
+    pub fn write_durability(&self) -> Result<&'static str, StoreError> {
+        let level: i64 = self
+            .w()?
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .map_err(sql("read synchronous"))?;
+        Ok(match level {
+            0 => "OFF",
+            1 => "NORMAL",
+            2 => "FULL",
+            3 => "EXTRA",
+            _ => "unknown",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_write_connection_commits_with_synchronous_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("persona.db")).expect("open");
+        assert_eq!(store.write_durability().expect("pragma"), "FULL");
+        let mode: String = store
+            .w()
+            .expect("writer")
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("journal mode");
+        assert_eq!(mode, "wal");
     }
 }
