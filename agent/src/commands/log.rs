@@ -66,7 +66,11 @@ impl CommandLog {
             source,
         };
         // An id must be on disk before its command runs: one fsync per command is cheap.
-        let conn = sqlite::open(path, OpenOptions::new(Synchronous::Full))?;
+        // Private like the outbox: it names what the coordinator had this VM do.
+        let conn = sqlite::open(
+            path,
+            OpenOptions::new(Synchronous::Full).mode(crate::outbox::DB_MODE),
+        )?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS executed(
                 id TEXT PRIMARY KEY, kind TEXT NOT NULL, received_ms INTEGER NOT NULL,
@@ -247,5 +251,21 @@ mod tests {
         assert!(!log.model_granted("mirror", "v2", &[2; 32]).unwrap());
         assert!(model_granted_in(dir.path(), "mirror", "v2", &[1; 32]).unwrap());
         assert!(!model_granted_in(dir.path(), "mirror", "v3", &[1; 32]).unwrap());
+    }
+
+    /// Issue 18, items 11 and 17: the command log is 0600, WAL files included, even
+    /// under a permissive umask.
+    #[test]
+    fn the_command_log_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(COMMANDS_FILE);
+        let log = CommandLog::open(&p).unwrap();
+        log.claim("c-1", "resize").unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let f = dir.path().join(format!("{COMMANDS_FILE}{suffix}"));
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
     }
 }
