@@ -25,9 +25,10 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use persona_shared::batch::BatchBuilder;
+use persona_shared::clock::{SystemClock, WallClock};
 use persona_shared::facts::HostFacts;
 use persona_shared::protocol::{Batch, encode_batch_frame};
 use persona_shared::sample::Sample;
@@ -95,16 +96,45 @@ pub async fn run(
     run_report(config, shutdown).await.map(|_| ())
 }
 
+/// What a caller may hand the daemon instead of its defaults: the wall clock (the
+/// system clock; a test runs the agent with a clock that is off) and the health
+/// counters (a test reads the same `/metrics` text the endpoint serves).
+#[derive(Debug, Clone)]
+pub struct RunHooks {
+    pub clock: Arc<dyn WallClock>,
+    pub health: Arc<Health>,
+}
+
+impl Default for RunHooks {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            health: Arc::new(Health::default()),
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` completes, then seals the open batch, gives the link
 /// up to [`link::DRAIN_TIMEOUT`] to deliver the outbox, closes and reports.
 pub async fn run_report(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<DaemonReport, DaemonError> {
+    run_with(config, RunHooks::default(), shutdown).await
+}
+
+/// [`run_report`] with the caller's clock and health counters.
+pub async fn run_with(
+    config: AgentConfig,
+    hooks: RunHooks,
+    shutdown: impl Future<Output = ()>,
+) -> Result<DaemonReport, DaemonError> {
     config
         .validate()
         .map_err(|(key, message)| DaemonError::Config { key, message })?;
     let identity = Identity::load(&config.state_dir)?;
+    // The state dir holds the key, the outbox and the command log: 0700, whoever made it.
+    crate::identity::create_private_dir(&config.state_dir)?;
     let coordinator = config
         .coordinator
         .clone()
@@ -145,7 +175,7 @@ pub async fn run_report(
         settings_tx.clone(),
     )?;
     let sealed = Arc::new(Notify::new());
-    let health = Arc::new(Health::default());
+    let RunHooks { clock, health } = hooks;
     // Bound before anything starts, so a taken port is a start-up error, not a log line.
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(health::bind(addr).await?),
@@ -168,6 +198,7 @@ pub async fn run_report(
             commands: Some(command_hooks),
             events: Some(events.clone()),
             models: Some(models.clone()),
+            clock: clock.clone(),
         },
     )?;
 
@@ -197,6 +228,7 @@ pub async fn run_report(
         facts_dirty: false,
         facts_read_at: Instant::now(),
         health: health.clone(),
+        clock,
         watchdog: Watchdog::from_env(),
         detect,
         mirror: crate::mirror::MirrorRunner::new(
@@ -328,18 +360,13 @@ struct Sampler {
     facts_dirty: bool,
     facts_read_at: Instant,
     health: Arc<Health>,
+    /// The wall clock ticks are scheduled and stamped on.
+    clock: Arc<dyn WallClock>,
     watchdog: Watchdog,
     /// Pressure and anomaly detection (None when `[detect] enabled = false`).
     detect: Option<crate::detect::Runner>,
     /// Behavioural mirroring: window features and the model, run every window step.
     mirror: crate::mirror::MirrorRunner,
-}
-
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The tick schedule on the wall clock, separate from I/O so it can be tested.
@@ -396,7 +423,7 @@ impl Sampler {
         // Priming: the collector computes rates from the previous tick, so this sample
         // is thrown away and the first stored one has rates. The first real tick is at
         // least half an interval later, so its rates span a meaningful time.
-        let primed_at = wall_ms();
+        let primed_at = self.clock.now_ms();
         self.collector.sample(primed_at, &mut self.sample);
         // Sampling works: that is what "ready" means for the agent (the link connects
         // on its own time, and the outbox holds the data meanwhile).
@@ -407,7 +434,7 @@ impl Sampler {
             // Sleep until the tick, waking early for shutdown. Wall-clock steps are
             // re-read on every wake.
             loop {
-                let now = wall_ms();
+                let now = self.clock.now_ms();
                 if now >= due {
                     break;
                 }
@@ -437,7 +464,7 @@ impl Sampler {
                     }
                 }
             }
-            let (tick, skipped) = sched.tick_for(due, wall_ms());
+            let (tick, skipped) = sched.tick_for(due, self.clock.now_ms());
             if skipped > 0 {
                 self.report.skipped_ticks += skipped;
                 tracing::debug!(skipped, "sampling fell behind; ticks skipped");

@@ -7,7 +7,9 @@
 //! `ca.pem`, then `identity.toml`). This module does not stream; the daemon
 //! ([`crate::daemon`]) uses the stored identity.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use persona_shared::addr::looks_like_host_port;
 use persona_shared::protocol::{
@@ -44,7 +46,7 @@ pub struct EnrollOptions {
 pub enum EnrollError {
     #[error("invalid --coordinator {given:?}: expected HOST:PORT")]
     BadCoordinator { given: String },
-    #[error("empty --token")]
+    #[error("empty join token")]
     EmptyToken,
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -68,6 +70,93 @@ pub enum EnrollError {
     BadResponse { what: String },
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error("cannot read the token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the token file {path} is open to group or others (mode {mode:o}): `chmod 600` it (and keep it owned by the user who enrolls)"
+    )]
+    TokenFileMode { path: PathBuf, mode: u32 },
+    #[error("cannot read the token from standard input: {0}")]
+    TokenStdin(std::io::Error),
+    #[error("the token from {from} is longer than {MAX_TOKEN} bytes")]
+    TokenTooLong { from: String },
+}
+
+/// Longest token accepted from a file or stdin (a join token is about 40 characters).
+pub const MAX_TOKEN: usize = 4096;
+
+/// Where `enroll` gets the join token from. On the command line it is visible to every
+/// user of the machine (`ps`, `/proc/PID/cmdline`); a file or stdin is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// Given on the command line.
+    Value(String),
+    /// A file readable by its owner only (`--token-file PATH`).
+    File(PathBuf),
+    /// Standard input (`--token -`).
+    Stdin,
+}
+
+/// Reads the token from `source` (`stdin` for [`TokenSource::Stdin`]), without the
+/// surrounding whitespace. A token file open to group or others is refused: the token
+/// may already have been read by someone else.
+pub fn read_token(source: &TokenSource, stdin: &mut dyn Read) -> Result<String, EnrollError> {
+    let text = match source {
+        TokenSource::Value(v) => return Ok(v.trim().to_owned()),
+        TokenSource::File(path) => read_token_file(path)?,
+        TokenSource::Stdin => read_limited(stdin, "standard input").map_err(|e| match e {
+            Limited::Io(e) => EnrollError::TokenStdin(e),
+            Limited::TooLong(from) => EnrollError::TokenTooLong { from },
+        })?,
+    };
+    Ok(text.trim().to_owned())
+}
+
+fn read_token_file(path: &Path) -> Result<String, EnrollError> {
+    let io = |source| EnrollError::TokenFile {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    // The mode of what was opened, not of whatever the path names a moment later.
+    let mode = f.metadata().map_err(io)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(EnrollError::TokenFileMode {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    read_limited(&mut f, &path.display().to_string()).map_err(|e| match e {
+        Limited::Io(source) => EnrollError::TokenFile {
+            path: path.to_owned(),
+            source,
+        },
+        Limited::TooLong(from) => EnrollError::TokenTooLong { from },
+    })
+}
+
+enum Limited {
+    Io(std::io::Error),
+    TooLong(String),
+}
+
+fn read_limited(r: &mut dyn Read, from: &str) -> Result<String, Limited> {
+    let mut buf = Vec::new();
+    r.take(MAX_TOKEN as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(Limited::Io)?;
+    if buf.len() > MAX_TOKEN {
+        return Err(Limited::TooLong(from.to_owned()));
+    }
+    String::from_utf8(buf).map_err(|e| {
+        Limited::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            e.utf8_error(),
+        ))
+    })
 }
 
 fn reject_text(code: RejectCode, message: &str) -> String {
@@ -263,6 +352,48 @@ mod tests {
             message: "expired".into(),
         };
         assert_eq!(e.to_string(), "token rejected: expired");
+    }
+
+    /// Issue 18, item 17: the token comes from a private file or stdin, trimmed; a file
+    /// open to group or others is refused.
+    #[test]
+    fn tokens_are_read_from_a_private_file_or_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "ab12.secret\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let src = TokenSource::File(f.clone());
+        let e = read_token(&src, &mut std::io::empty()).unwrap_err();
+        assert!(
+            matches!(e, EnrollError::TokenFileMode { mode: 0o644, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(
+            read_token(&src, &mut std::io::empty()),
+            Err(EnrollError::TokenFileMode { .. })
+        ));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            read_token(&src, &mut std::io::empty()).unwrap(),
+            "ab12.secret"
+        );
+        let missing = TokenSource::File(dir.path().join("none"));
+        assert!(matches!(
+            read_token(&missing, &mut std::io::empty()),
+            Err(EnrollError::TokenFile { .. })
+        ));
+        let mut stdin: &[u8] = b"  cd34.other \n";
+        assert_eq!(
+            read_token(&TokenSource::Stdin, &mut stdin).unwrap(),
+            "cd34.other"
+        );
+        let long = vec![b'x'; MAX_TOKEN + 1];
+        assert!(matches!(
+            read_token(&TokenSource::Stdin, &mut long.as_slice()),
+            Err(EnrollError::TokenTooLong { .. })
+        ));
     }
 
     #[tokio::test]

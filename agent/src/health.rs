@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +51,11 @@ pub struct Health {
     pub batches_sent: AtomicU64,
     pub batches_acked: AtomicU64,
     pub batches_rejected: AtomicU64,
+    /// Batches the coordinator refused as dated in its future, kept and retried.
+    pub batches_held_future: AtomicU64,
+    /// Agent clock minus coordinator clock, from the last Welcome on.
+    clock_skew_ms: AtomicI64,
+    clock_skew_known: AtomicBool,
 }
 
 impl Health {
@@ -60,6 +65,19 @@ impl Health {
         for (slot, (_, n)) in self.collector_errors.iter().zip(failures) {
             slot.store(*n, Ordering::Relaxed);
         }
+    }
+
+    /// Records the clock skew, agent minus coordinator (positive: the agent is ahead).
+    pub fn set_clock_skew_ms(&self, skew_ms: i64) {
+        self.clock_skew_ms.store(skew_ms, Ordering::Relaxed);
+        self.clock_skew_known.store(true, Ordering::Relaxed);
+    }
+
+    /// The clock skew last measured, None before the first Welcome.
+    pub fn clock_skew_ms(&self) -> Option<i64> {
+        self.clock_skew_known
+            .load(Ordering::Relaxed)
+            .then(|| self.clock_skew_ms.load(Ordering::Relaxed))
     }
 
     /// Renders the Prometheus text exposition (format 0.0.4).
@@ -142,6 +160,20 @@ impl Health {
             "Batches the coordinator refused for good (dropped).",
             r(&self.batches_rejected),
         );
+        gauge(
+            &mut out,
+            "persona_agent_batches_held_future",
+            "Batches the coordinator refused as dated in its future (this VM's clock is ahead), kept and offered again.",
+            r(&self.batches_held_future) as f64,
+        );
+        if let Some(skew) = self.clock_skew_ms() {
+            gauge(
+                &mut out,
+                "persona_agent_clock_skew_seconds",
+                "This VM's clock minus the coordinator's, measured at Welcome and followed since (positive: ahead).",
+                skew as f64 / 1000.0,
+            );
+        }
         if let Some(ob) = outbox
             && let Ok(s) = crate::outbox::lock(ob).stats()
         {

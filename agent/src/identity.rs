@@ -6,7 +6,7 @@
 //! writes it. What this is not: the TLS set-up from those files (`tls`).
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -34,7 +34,7 @@ pub enum IdentityError {
         source: std::io::Error,
     },
     #[error(
-        "not enrolled: {path} is missing; run `persona-agent enroll --coordinator HOST:PORT --token TOKEN --ca-hash sha256:HEX` first"
+        "not enrolled: {path} is missing; run `persona-agent enroll --coordinator HOST:PORT --token-file PATH --ca-hash sha256:HEX` first"
     )]
     NotEnrolled { path: PathBuf },
     #[error("invalid identity file {path}: {detail}")]
@@ -77,16 +77,30 @@ impl Identity {
     }
 }
 
-/// Creates the state dir (0700) if it does not exist.
+/// Creates the state dir (0700) if it does not exist, and takes group and others'
+/// access away from one that does (made by hand or by an older package with the umask's
+/// 0755): it holds the agent's key, its outbox and its command log.
 pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
+    let io = |source| IdentityError::Io {
+        path: dir.to_owned(),
+        source,
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| IdentityError::Io {
-            path: dir.to_owned(),
-            source,
-        })
+        .map_err(io)?;
+    let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7700))
+            .map_err(io)?;
+        tracing::warn!(
+            dir = %dir.display(),
+            "the state dir was open to group or others (mode {mode:o}); made it {:o}",
+            mode & 0o7700
+        );
+    }
+    Ok(())
 }
 
 /// Writes a 0600 file atomically: a temporary file in the same directory, fsync, rename,
@@ -121,7 +135,18 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+
+    /// Issue 18: a state dir that exists with the umask's mode is made 0700.
+    #[test]
+    fn an_existing_open_state_dir_is_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&state).unwrap();
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
 
     #[test]
     fn identity_round_trips_and_files_are_private() {

@@ -41,9 +41,17 @@ enum Command {
         /// The coordinator's QUIC address, HOST:PORT.
         #[arg(long)]
         coordinator: String,
-        /// The join token.
-        #[arg(long)]
-        token: String,
+        /// The join token, or `-` to read it from standard input. A token given here is
+        /// visible to every user of the machine (`ps`): prefer --token-file or `-`.
+        #[arg(
+            long,
+            required_unless_present = "token_file",
+            conflicts_with = "token_file"
+        )]
+        token: Option<String>,
+        /// A file holding the join token, readable by its owner only (mode 0600).
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
         /// The coordinator CA's pin, sha256:HEX.
         #[arg(long)]
         ca_hash: String,
@@ -164,18 +172,37 @@ fn main() -> ExitCode {
         Command::Enroll {
             coordinator,
             token,
+            token_file,
             ca_hash,
             state_dir,
             json,
-        } => enroll(
-            persona_agent::enroll::EnrollOptions {
-                coordinator,
-                token,
-                ca_hash,
-                state_dir,
-            },
-            json,
-        ),
+        } => {
+            use persona_agent::enroll::{TokenSource, read_token};
+            let source = match (token, token_file) {
+                (_, Some(path)) => TokenSource::File(path),
+                (Some(t), None) if t == "-" => TokenSource::Stdin,
+                (Some(t), None) => {
+                    tracing::warn!(
+                        "the join token on the command line is visible to other users (ps); use --token-file PATH or --token -"
+                    );
+                    TokenSource::Value(t)
+                }
+                (None, None) => TokenSource::Stdin, // clap requires one of them
+            };
+            read_token(&source, &mut std::io::stdin().lock())
+                .map_err(|e| e.to_string())
+                .and_then(|token| {
+                    enroll(
+                        persona_agent::enroll::EnrollOptions {
+                            coordinator,
+                            token,
+                            ca_hash,
+                            state_dir,
+                        },
+                        json,
+                    )
+                })
+        }
         Command::Run {
             config,
             state_dir,

@@ -17,8 +17,18 @@
 //! may have seen.
 //!
 //! The outbox is bounded: when the stored bytes exceed the bound, the oldest sealed
-//! batches are deleted and counted (`dropped_batches`, `dropped_bytes`). This module
-//! knows nothing about the network or about what a batch contains.
+//! batches are deleted and counted (`dropped_batches`, `dropped_bytes`). The disk is a
+//! bound too: a write that fails with `SQLITE_FULL` (no space left, or `max_page_count`)
+//! deletes the oldest sealed batch, counts it the same way, and is retried, until it
+//! fits or nothing is left to delete. The WAL is kept small so that it is not what fills
+//! the disk: a passive checkpoint after every seal (the WAL is then reused from its start
+//! rather than grown) and `journal_size_limit` so a burst does not keep its space. A
+//! sealed batch that still cannot be written is kept in memory (a few at most) and
+//! written, in order, before anything else on the next write: a batch is never left
+//! unsealed on disk while the agent runs. Counters that cannot be written for lack of
+//! space are kept in memory and written with the next successful write.
+//!
+//! This module knows nothing about the network or about what a batch contains.
 //!
 //! The daemon shares one outbox between the sampling thread, the link and the health
 //! endpoint behind a mutex; [`lock`] is the one way they take it.
@@ -32,6 +42,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 /// Unix mode of the outbox database and its WAL files: the VM's telemetry is private to
 /// the agent's user (the state dir is 0700 as well).
 pub const DB_MODE: u32 = 0o600;
+/// `journal_size_limit` of the outbox database: what the WAL is cut back to after a
+/// checkpoint (it grows by one batch interval's rewrites of the open batch in between).
+pub const JOURNAL_SIZE_LIMIT: u64 = 1 << 20;
+/// Sealed batches kept in memory while the disk refuses them; beyond this the oldest is
+/// dropped (and counted).
+const MAX_UNWRITTEN: usize = 4;
 
 /// Outbox errors, each with the database file.
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +63,18 @@ pub enum OutboxError {
     AlreadySealed { path: PathBuf, seq: u64 },
     #[error("outbox {path}: sequence number {seq} is out of range")]
     SeqRange { path: PathBuf, seq: u64 },
+    /// The disk (or `max_page_count`) is full and no sealed batch is left to make room.
+    #[error(
+        "outbox {path}: the disk is full and no unsent batch is left to drop; batch {seq} is kept in memory and written when there is space"
+    )]
+    Full { path: PathBuf, seq: u64 },
 }
 
 /// Counters and sizes, for logs and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OutboxStats {
-    /// Sealed batches waiting for an acknowledgement.
+    /// Sealed batches waiting for an acknowledgement (those kept in memory while the disk
+    /// is full included).
     pub pending_batches: u64,
     /// Bytes stored, the open batch included.
     pub stored_bytes: u64,
@@ -78,6 +100,15 @@ pub struct Outbox {
     next_seq: u64,
     /// The unsealed batch, if any: (seq, stored size).
     open: Option<(u64, u64)>,
+    /// Sealed batches the disk refused, oldest first (see the module comment).
+    unwritten: std::collections::VecDeque<(u64, Vec<u8>)>,
+    /// Sequence numbers of unsealed rows whose batch was given up (dropped from
+    /// `unwritten`): deleted on the next successful write.
+    orphans: Vec<u64>,
+    /// Counter increments not yet written (disk full): (key, amount).
+    unrecorded: Vec<(&'static str, u64)>,
+    /// `next_seq` was advanced in memory but not yet persisted (disk full).
+    next_seq_dirty: bool,
 }
 
 const SCHEMA: &str = "
@@ -103,12 +134,7 @@ fn to_i64(seq: u64, path: &Path) -> Result<i64, OutboxError> {
     })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+use persona_shared::clock::now_ms;
 
 impl Outbox {
     /// Opens (or creates) the outbox at `path`; seals a batch left unsealed by a crash.
@@ -118,7 +144,12 @@ impl Outbox {
             source,
         };
         // NORMAL per tick; sealing switches to FULL for its one commit (see above).
-        let conn = sqlite::open(path, OpenOptions::new(Synchronous::Normal).mode(DB_MODE))?;
+        let conn = sqlite::open(
+            path,
+            OpenOptions::new(Synchronous::Normal)
+                .mode(DB_MODE)
+                .journal_size_limit(JOURNAL_SIZE_LIMIT),
+        )?;
         conn.execute_batch(SCHEMA).map_err(sq)?;
 
         let resealed = conn
@@ -154,6 +185,10 @@ impl Outbox {
             stored_bytes: u64::try_from(stored).unwrap_or(0),
             next_seq: u64::try_from(next).unwrap_or(1).max(1),
             open: None,
+            unwritten: std::collections::VecDeque::new(),
+            orphans: Vec::new(),
+            unrecorded: Vec::new(),
+            next_seq_dirty: false,
         };
         // Defensive: the counter must be above every stored batch even if meta was lost.
         let above = u64::try_from(max_seq).unwrap_or(0) + 1;
@@ -183,13 +218,23 @@ impl Outbox {
 
     /// Assigns the next sequence number to a new batch and persists the counter, so the
     /// number is never handed out again.
+    ///
+    /// On a full disk the number is still handed out and persisted with the next write
+    /// that fits: until then no row carries it, so the coordinator cannot have seen it.
     pub fn reserve_seq(&mut self) -> Result<u64, OutboxError> {
         let seq = self.next_seq;
         let next = to_i64(seq + 1, &self.path)?;
-        self.conn
-            .execute("UPDATE meta SET value = ?1 WHERE key = 'next_seq'", [next])
-            .map_err(self.sq())?;
         self.next_seq = seq + 1;
+        match self.write(None, |c| {
+            c.execute("UPDATE meta SET value = ?1 WHERE key = 'next_seq'", [next])
+        }) {
+            Ok(_) => self.next_seq_dirty = false,
+            Err(OutboxError::Full { .. }) => self.next_seq_dirty = true,
+            Err(e) => {
+                self.next_seq = seq;
+                return Err(e);
+            }
+        }
         Ok(seq)
     }
 
@@ -200,20 +245,186 @@ impl Outbox {
             return Ok(());
         }
         let v = to_i64(min_next, &self.path)?;
-        self.conn
-            .execute("UPDATE meta SET value = ?1 WHERE key = 'next_seq'", [v])
-            .map_err(self.sq())?;
+        self.write(None, |c| {
+            c.execute("UPDATE meta SET value = ?1 WHERE key = 'next_seq'", [v])
+        })?;
         self.next_seq = min_next;
+        self.next_seq_dirty = false;
         Ok(())
+    }
+
+    /// Runs one write statement; on `SQLITE_FULL` drops the oldest sealed batch (never
+    /// `keep`), counts it and tries again, until the write fits or nothing is left to
+    /// drop ([`OutboxError::Full`]).
+    fn write<T>(
+        &mut self,
+        keep: Option<u64>,
+        f: impl Fn(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, OutboxError> {
+        loop {
+            match f(&self.conn) {
+                Ok(v) => return Ok(v),
+                Err(e) if sqlite::is_full(&e) => {
+                    if !self.drop_oldest(keep)? {
+                        return Err(OutboxError::Full {
+                            path: self.path.clone(),
+                            seq: keep.unwrap_or(0),
+                        });
+                    }
+                }
+                Err(e) => return Err(self.sq()(e)),
+            }
+        }
+    }
+
+    /// Deletes the oldest sealed batch other than `keep` to make room; false when there
+    /// is none (or the delete itself does not fit).
+    fn drop_oldest(&mut self, keep: Option<u64>) -> Result<bool, OutboxError> {
+        let keep = to_i64(keep.unwrap_or(0), &self.path)?;
+        let r = self
+            .conn
+            .query_row(
+                "DELETE FROM batches WHERE seq = (SELECT MIN(seq) FROM batches WHERE sealed = 1 AND seq != ?1)
+                 RETURNING seq, LENGTH(frame)",
+                [keep],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional();
+        let (seq, len) = match r {
+            Ok(Some(row)) => row,
+            Ok(None) => return Ok(false),
+            Err(e) if sqlite::is_full(&e) => return Ok(false),
+            Err(e) => return Err(self.sq()(e)),
+        };
+        let len = u64::try_from(len).unwrap_or(0);
+        self.stored_bytes = self.stored_bytes.saturating_sub(len);
+        self.unrecorded.push(("dropped_batches", 1));
+        self.unrecorded.push(("dropped_bytes", len));
+        tracing::warn!(
+            seq,
+            bytes = len,
+            "outbox: the disk is full; dropped the oldest unsent batch to make room"
+        );
+        Ok(true)
+    }
+
+    /// Writes what an earlier full disk left pending: counters, the sequence counter,
+    /// orphaned unsealed rows and the sealed batches kept in memory, in that order.
+    fn catch_up(&mut self) -> Result<(), OutboxError> {
+        while let Some(&(key, n)) = self.unrecorded.first() {
+            let v = i64::try_from(n).unwrap_or(i64::MAX);
+            self.write(None, |c| {
+                c.execute(
+                    "UPDATE meta SET value = value + ?1 WHERE key = ?2",
+                    params![v, key],
+                )
+            })?;
+            self.unrecorded.remove(0);
+        }
+        if self.next_seq_dirty {
+            let v = to_i64(self.next_seq, &self.path)?;
+            self.write(None, |c| {
+                c.execute("UPDATE meta SET value = ?1 WHERE key = 'next_seq'", [v])
+            })?;
+            self.next_seq_dirty = false;
+        }
+        while let Some(&seq) = self.orphans.first() {
+            let s = to_i64(seq, &self.path)?;
+            let len: Option<i64> = self.write(None, |c| {
+                c.query_row(
+                    "DELETE FROM batches WHERE seq = ?1 AND sealed = 0 RETURNING LENGTH(frame)",
+                    [s],
+                    |r| r.get(0),
+                )
+                .optional()
+            })?;
+            if let Some(l) = len {
+                self.stored_bytes = self
+                    .stored_bytes
+                    .saturating_sub(u64::try_from(l).unwrap_or(0));
+            }
+            self.orphans.remove(0);
+        }
+        while let Some((seq, frame)) = self.unwritten.pop_front() {
+            if let Err(e) = self.put_now(seq, &frame, true) {
+                self.unwritten.push_front((seq, frame));
+                return Err(e);
+            }
+            tracing::info!(seq, "outbox: wrote a batch the full disk had refused");
+        }
+        Ok(())
+    }
+
+    /// Sealed batches waiting in memory for disk space.
+    pub fn unwritten(&self) -> usize {
+        self.unwritten.len()
     }
 
     /// Stores (or rewrites) the open batch `seq`, not yet to be sent.
     pub fn put_open(&mut self, seq: u64, frame: &[u8]) -> Result<(), OutboxError> {
-        self.put(seq, frame, false)
+        self.catch_up()?;
+        self.put_now(seq, frame, false)
     }
 
-    /// Stores batch `seq` as final and ready to send, durably (fsync).
+    /// Stores batch `seq` as final and ready to send, durably (fsync), then checkpoints
+    /// the WAL. When the disk refuses it even after dropping older batches, the batch is
+    /// kept in memory and written before anything else on a later call (the error says
+    /// so); batches are always sealed in the order they were given.
     pub fn seal(&mut self, seq: u64, frame: &[u8]) -> Result<(), OutboxError> {
+        let r = match self.catch_up() {
+            Ok(()) => self.put_now(seq, frame, true),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => {
+                self.checkpoint();
+                Ok(())
+            }
+            Err(e @ (OutboxError::Full { .. } | OutboxError::Sqlite { .. })) => {
+                self.keep_unwritten(seq, frame);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keeps a sealed batch the disk refused, dropping (and counting) the oldest kept one
+    /// beyond [`MAX_UNWRITTEN`].
+    fn keep_unwritten(&mut self, seq: u64, frame: &[u8]) {
+        if self.unwritten.iter().any(|(s, _)| *s == seq) {
+            return;
+        }
+        self.unwritten.push_back((seq, frame.to_vec()));
+        while self.unwritten.len() > MAX_UNWRITTEN {
+            if let Some((lost, f)) = self.unwritten.pop_front() {
+                tracing::warn!(
+                    seq = lost,
+                    "outbox: the disk stays full; dropped a batch that could not be written"
+                );
+                self.orphans.push(lost);
+                self.unrecorded.push(("dropped_batches", 1));
+                self.unrecorded.push(("dropped_bytes", f.len() as u64));
+            }
+        }
+    }
+
+    /// A passive checkpoint: copies the WAL into the database without waiting for
+    /// readers, so the next write starts the WAL over instead of growing it. A failure
+    /// (a busy reader, a full disk) is harmless: the next seal tries again.
+    fn checkpoint(&self) {
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            tracing::debug!("outbox checkpoint: {e}");
+        }
+    }
+
+    /// One put at FULL (sealed) or NORMAL (open) durability.
+    fn put_now(&mut self, seq: u64, frame: &[u8], sealed: bool) -> Result<(), OutboxError> {
+        if !sealed {
+            return self.put(seq, frame, false);
+        }
         // FULL for this one commit: the sealed batch and the counter reach the disk before
         // the batch can be sent (see the module comment on power loss).
         self.conn
@@ -250,24 +461,25 @@ impl Outbox {
                 seq,
             });
         }
-        self.conn
-            .execute(
+        let created = now_ms();
+        self.write(Some(seq), |c| {
+            c.execute(
                 "INSERT INTO batches(seq, sealed, created_ms, frame) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(seq) DO UPDATE SET sealed = excluded.sealed, frame = excluded.frame",
-                params![s, sealed, now_ms(), frame],
+                params![s, sealed, created, frame],
             )
-            .map_err(self.sq())?;
+        })?;
         if seq >= self.next_seq {
             // A caller that did not reserve: keep the counter ahead anyway.
             self.bump_next_seq(seq + 1)?;
         }
         let old = old_len.map_or(0, |(l, _)| u64::try_from(l).unwrap_or(0));
         self.stored_bytes = self.stored_bytes.saturating_sub(old) + frame.len() as u64;
-        self.open = if sealed {
-            None
-        } else {
-            Some((seq, frame.len() as u64))
-        };
+        if !sealed {
+            self.open = Some((seq, frame.len() as u64));
+        } else if self.open.is_some_and(|(o, _)| o == seq) {
+            self.open = None;
+        }
         self.enforce_bound()
     }
 
@@ -276,16 +488,15 @@ impl Outbox {
         let mut dropped = 0u64;
         let mut dropped_bytes = 0u64;
         while self.stored_bytes > self.max_bytes {
-            let oldest: Option<(i64, i64)> = self
-                .conn
-                .query_row(
+            let oldest: Option<(i64, i64)> = self.write(None, |c| {
+                c.query_row(
                     "DELETE FROM batches WHERE seq = (SELECT MIN(seq) FROM batches WHERE sealed = 1)
                      RETURNING seq, LENGTH(frame)",
                     [],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
-                .map_err(self.sq())?;
+            })?;
             let Some((_, len)) = oldest else { break }; // only the open batch is left
             let len = u64::try_from(len).unwrap_or(0);
             self.stored_bytes = self.stored_bytes.saturating_sub(len);
@@ -305,23 +516,37 @@ impl Outbox {
         Ok(())
     }
 
-    fn add_counter(&self, key: &str, n: u64) -> Result<(), OutboxError> {
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
-        self.conn
-            .execute(
+    /// Adds to a persistent counter; on a full disk the increment waits in memory.
+    fn add_counter(&mut self, key: &'static str, n: u64) -> Result<(), OutboxError> {
+        let v = i64::try_from(n).unwrap_or(i64::MAX);
+        match self.write(None, |c| {
+            c.execute(
                 "UPDATE meta SET value = value + ?1 WHERE key = ?2",
-                params![n, key],
+                params![v, key],
             )
-            .map_err(self.sq())?;
-        Ok(())
+        }) {
+            Ok(_) => Ok(()),
+            Err(OutboxError::Full { .. }) => {
+                self.unrecorded.push((key, n));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
+    /// A counter: what is stored plus what waits in memory.
     fn counter(&self, key: &str) -> Result<u64, OutboxError> {
         let v: i64 = self
             .conn
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .map_err(self.sq())?;
-        Ok(u64::try_from(v).unwrap_or(0))
+        let waiting: u64 = self
+            .unrecorded
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, n)| n)
+            .sum();
+        Ok(u64::try_from(v).unwrap_or(0) + waiting)
     }
 
     /// Up to `limit` sealed batches in sequence order.
@@ -355,17 +580,29 @@ impl Outbox {
         Ok(out)
     }
 
+    /// The stored frame of sealed batch `seq`, if it is still in the outbox.
+    pub fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, OutboxError> {
+        let s = to_i64(seq, &self.path)?;
+        self.conn
+            .query_row(
+                "SELECT frame FROM batches WHERE seq = ?1 AND sealed = 1",
+                [s],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sq())
+    }
+
     fn delete_sealed(&mut self, seq: u64) -> Result<Option<u64>, OutboxError> {
         let s = to_i64(seq, &self.path)?;
-        let len: Option<i64> = self
-            .conn
-            .query_row(
+        let len: Option<i64> = self.write(None, |c| {
+            c.query_row(
                 "DELETE FROM batches WHERE seq = ?1 AND sealed = 1 RETURNING LENGTH(frame)",
                 [s],
                 |r| r.get(0),
             )
             .optional()
-            .map_err(self.sq())?;
+        })?;
         let len = len.map(|l| u64::try_from(l).unwrap_or(0));
         if let Some(l) = len {
             self.stored_bytes = self.stored_bytes.saturating_sub(l);
@@ -401,7 +638,7 @@ impl Outbox {
             })
             .map_err(self.sq())?;
         Ok(OutboxStats {
-            pending_batches: u64::try_from(pending).unwrap_or(0),
+            pending_batches: u64::try_from(pending).unwrap_or(0) + self.unwritten.len() as u64,
             stored_bytes: self.stored_bytes,
             next_seq: self.next_seq,
             dropped_batches: self.counter("dropped_batches")?,
@@ -540,5 +777,104 @@ mod tests {
             (st.rejected_batches, st.pending_batches, st.stored_bytes),
             (1, 0, 0)
         );
+    }
+
+    fn unsealed_rows(ob: &Outbox) -> i64 {
+        ob.conn
+            .query_row("SELECT COUNT(*) FROM batches WHERE sealed = 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    }
+
+    fn set_max_pages(ob: &Outbox, pages: i64) {
+        let _: i64 = ob
+            .conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+    }
+
+    /// Issue 18, item 9: a database that cannot grow (SQLite's `max_page_count`, which
+    /// fails exactly like a full disk) drops the oldest batch, counts it and writes the
+    /// new one; a batch the disk refuses outright is kept and sealed later, never left
+    /// unsealed on disk.
+    #[test]
+    fn a_full_database_drops_the_oldest_counts_it_and_never_leaves_a_batch_unsealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(&dir.path().join("o.db"), 1 << 30).unwrap();
+        let pages: i64 = ob
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        // Room for a handful of 3000-byte batches (one overflow page each, and more).
+        set_max_pages(&ob, pages + 12);
+        let mut sealed = Vec::new();
+        for i in 0..40u8 {
+            let s = ob.reserve_seq().unwrap();
+            ob.put_open(s, &frame(1500, i)).unwrap();
+            ob.seal(s, &frame(3000, i)).unwrap();
+            sealed.push(s);
+        }
+        let st = ob.stats().unwrap();
+        assert!(st.dropped_batches > 0, "{st:?}");
+        let kept: Vec<u64> = ob.pending(100).unwrap().iter().map(|(s, _)| *s).collect();
+        // What was dropped is the oldest, and everything else is there, sealed.
+        assert_eq!(kept.len() as u64 + st.dropped_batches, 40, "{st:?}");
+        assert_eq!(kept, sealed[sealed.len() - kept.len()..].to_vec());
+        assert_eq!(st.dropped_bytes, st.dropped_batches * 3000);
+        assert_eq!(unsealed_rows(&ob), 0);
+
+        // Nothing left to drop: the batch is kept in memory, counted as pending, and
+        // sealed (in order, before the next one) once there is room again.
+        for (s, _) in ob.pending(100).unwrap() {
+            ob.ack(s).unwrap();
+        }
+        let s = ob.reserve_seq().unwrap();
+        ob.put_open(s, &frame(100, 1)).unwrap();
+        let e = ob.seal(s, &frame(200_000, 1)).unwrap_err();
+        assert!(
+            matches!(e, OutboxError::Full { seq, .. } if seq == s),
+            "{e}"
+        );
+        assert_eq!(ob.unwritten(), 1);
+        assert_eq!(ob.stats().unwrap().pending_batches, 1);
+        let t = ob.reserve_seq().unwrap();
+        assert!(ob.put_open(t, &frame(10, 2)).is_err(), "still full");
+        set_max_pages(&ob, 1_000_000);
+        ob.put_open(t, &frame(10, 2)).unwrap();
+        assert_eq!(ob.unwritten(), 0);
+        assert_eq!(ob.pending(10).unwrap(), vec![(s, frame(200_000, 1))]);
+        ob.seal(t, &frame(20, 2)).unwrap();
+        assert_eq!(unsealed_rows(&ob), 0);
+        let st = ob.stats().unwrap();
+        assert_eq!(st.pending_batches, 2);
+        drop(ob);
+        // The counters written late are on disk.
+        let ob = Outbox::open(&dir.path().join("o.db"), 1 << 30).unwrap();
+        assert_eq!(ob.stats().unwrap().dropped_batches, st.dropped_batches);
+    }
+
+    /// Issue 18, item 9: the WAL does not grow until SQLite's automatic checkpoint
+    /// (1000 pages, 4 MiB: the whole of a small disk); it is checkpointed at every seal
+    /// and kept to `journal_size_limit`.
+    #[test]
+    fn the_wal_stays_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let mut ob = Outbox::open(&path, 1 << 30).unwrap();
+        let mut wal_max = 0;
+        for i in 0..60u8 {
+            let s = ob.reserve_seq().unwrap();
+            for t in 1..10usize {
+                ob.put_open(s, &frame(800 * t, i)).unwrap();
+            }
+            ob.seal(s, &frame(8000, i)).unwrap();
+            ob.ack(s).unwrap();
+            let wal = std::fs::metadata(dir.path().join("o.db-wal")).map_or(0, |m| m.len());
+            wal_max = wal_max.max(wal);
+        }
+        assert!(wal_max < 512 * 1024, "WAL grew to {wal_max} bytes");
     }
 }

@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
+use persona_shared::preload::validate;
 use serde::Deserialize;
 
 /// Why a policy file could not be used (the agent then refuses every command).
@@ -56,6 +57,66 @@ pub struct Packages {
     pub dnf: bool,
     /// pip installs only into this virtual environment (its `bin/pip`); unset = pip off.
     pub pip_venv: Option<PathBuf>,
+    /// The unprivileged user pip runs as when the installer is root (a name from
+    /// /etc/passwd or a uid); unset = pip is refused as root.
+    pub pip_user: Option<String>,
+    /// Package names apt may install (exact, or a prefix ending in `*`); unset = any
+    /// name that passes the grammar.
+    pub apt_allow: Option<Vec<String>>,
+    /// The same for dnf.
+    pub dnf_allow: Option<Vec<String>>,
+    /// The same for pip (compared in PEP 503 normal form: `Foo_Bar` is `foo-bar`).
+    pub pip_allow: Option<Vec<String>>,
+}
+
+/// PEP 503 normal form of a Python name: lower case, runs of `-_.` as one `-`.
+fn pep503(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut sep = false;
+    for c in name.chars() {
+        if "-_.".contains(c) {
+            sep = true;
+        } else {
+            if sep && !out.is_empty() {
+                out.push('-');
+            }
+            sep = false;
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+impl Packages {
+    /// Whether the allow-list of `manager` (`apt`, `dnf`, `pip`) lets `name` through;
+    /// `Err` says which key refused it.
+    pub fn allowed(&self, manager: &str, name: &str) -> Result<(), String> {
+        let (list, key) = match manager {
+            "apt" => (&self.apt_allow, "packages.apt_allow"),
+            "dnf" => (&self.dnf_allow, "packages.dnf_allow"),
+            _ => (&self.pip_allow, "packages.pip_allow"),
+        };
+        let Some(list) = list else { return Ok(()) };
+        let norm = |s: &str| {
+            if manager == "pip" {
+                pep503(s)
+            } else {
+                s.to_owned()
+            }
+        };
+        let n = norm(name);
+        let hit = list.iter().any(|a| match a.strip_suffix('*') {
+            Some(prefix) => n.starts_with(&norm(prefix)),
+            None => norm(a) == n,
+        });
+        if hit {
+            Ok(())
+        } else {
+            Err(format!(
+                "{manager} package {name:?} is not in the policy's {key}"
+            ))
+        }
+    }
 }
 
 /// `[images]`: container images.
@@ -67,6 +128,8 @@ pub struct Images {
     /// Reference prefixes allowed, e.g. "docker.io/library/" (an image is checked in its
     /// fully qualified form).
     pub registries: Vec<String>,
+    /// Only images pinned by digest (`...@sha256:HEX`) are pulled.
+    pub require_digest: bool,
 }
 
 /// `[files]`: downloads.
@@ -79,6 +142,8 @@ pub struct Files {
     pub destinations: Vec<PathBuf>,
     /// Largest single download, in bytes (0 = downloads off).
     pub max_bytes: u64,
+    /// Only `https://` prefixes may be listed and only https URLs are fetched.
+    pub require_https: bool,
 }
 
 /// The whole policy.
@@ -140,21 +205,59 @@ impl Policy {
             }
         }
         for u in &p.files.url_prefixes {
-            // A prefix must include the host and end it, or "https://example.com" would
-            // also allow "https://example.com.evil.net/".
-            let ok = ["https://", "http://"].iter().any(|s| {
-                u.strip_prefix(s)
-                    .and_then(|rest| rest.split_once('/'))
-                    .is_some_and(|(host, _)| !host.is_empty())
+            // Parsed like the URLs it is compared with: a prefix includes the host and
+            // a path (so "https://example.com" never also allows "example.com.evil.net").
+            let parsed = validate::http_url(u).map_err(|e| {
+                invalid(
+                    "files.url_prefixes",
+                    format!("{u:?} is not an http(s) URL prefix: {e}"),
+                )
+            })?;
+            let has_path = ["https://", "http://"].iter().any(|s| {
+                u.get(..s.len()).is_some_and(|h| h.eq_ignore_ascii_case(s))
+                    && u[s.len()..].contains('/')
             });
-            if !ok {
+            if !has_path || parsed.query.is_some() {
                 return Err(invalid(
                     "files.url_prefixes",
                     format!(
-                        "{u:?} must be http(s)://HOST/ and a path prefix (the host ends with a slash)"
+                        "{u:?} must be http(s)://HOST/ and a path prefix (the host ends with a slash, no query)"
                     ),
                 ));
             }
+            if p.files.require_https && !parsed.https {
+                return Err(invalid(
+                    "files.url_prefixes",
+                    format!("{u:?} is plain http, and files.require_https is on"),
+                ));
+            }
+        }
+        for (key, list) in [
+            ("packages.apt_allow", &p.packages.apt_allow),
+            ("packages.dnf_allow", &p.packages.dnf_allow),
+            ("packages.pip_allow", &p.packages.pip_allow),
+        ] {
+            for n in list.iter().flatten() {
+                let bare = n.strip_suffix('*').unwrap_or(n);
+                if bare.is_empty()
+                    || !bare
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-._".contains(c))
+                {
+                    return Err(invalid(
+                        key,
+                        format!("{n:?} is not a package name (or a prefix ending in *)"),
+                    ));
+                }
+            }
+        }
+        if let Some(u) = &p.packages.pip_user
+            && (u.is_empty() || u == "root" || u == "0" || u.contains([':', '/', '\n']))
+        {
+            return Err(invalid(
+                "packages.pip_user",
+                format!("{u:?} must be an unprivileged user name or uid (not root)"),
+            ));
         }
         for d in &p.files.destinations {
             if !d.is_absolute() || d.components().any(|c| c.as_os_str() == "..") {
@@ -175,9 +278,21 @@ impl Policy {
         Ok(p)
     }
 
-    /// Whether `url` starts with an allowed prefix.
+    /// Whether `url`, parsed and normalised ([`validate::http_url`]: no dot segments or
+    /// encoded separators), is at or below an allowed prefix by origin and whole path
+    /// segments, and is https when `files.require_https` is on.
     pub fn url_allowed(&self, url: &str) -> bool {
-        self.files.url_prefixes.iter().any(|p| url.starts_with(p))
+        let Ok(u) = validate::http_url(url) else {
+            return false;
+        };
+        if self.files.require_https && !u.https {
+            return false;
+        }
+        self.files
+            .url_prefixes
+            .iter()
+            .filter_map(|p| validate::http_url(p).ok())
+            .any(|p| u.is_under(&p))
     }
 
     /// Whether a fully qualified image reference is under an allowed registry prefix.
@@ -261,6 +376,80 @@ mod tests {
         assert!(!pol.url_allowed("https://data.example.com.evil.net/sets/a.bin"));
         assert!(pol.image_allowed("docker.io/library/redis:7"));
         assert!(!pol.image_allowed("quay.io/x/y"));
+    }
+
+    /// Issue 18 item 6: a raw prefix match let `..` and `%2e%2e` out of the prefix.
+    #[test]
+    fn dot_segments_do_not_escape_url_prefixes() {
+        let pol =
+            Policy::parse("[files]\nurl_prefixes = [\"http://host/datasets/\"]\n", p()).unwrap();
+        assert!(pol.url_allowed("http://host/datasets/a.bin"));
+        assert!(pol.url_allowed("http://HOST:80/datasets/sub/a.bin"));
+        for bad in [
+            "http://host/datasets/../private/secret.bin",
+            "http://host/datasets/%2e%2e/private/secret.bin",
+            "http://host/datasets/%2E%2E/private/secret.bin",
+            "http://host/datasets/..%2fprivate/secret.bin",
+            "http://host/datasets/..%5cprivate/secret.bin",
+            "http://host/datasets/./../private/secret.bin",
+            "http://host/datasetsfoo/a.bin",
+        ] {
+            assert!(!pol.url_allowed(bad), "{bad}");
+        }
+        // A prefix with a dot segment is refused when the policy is read.
+        let e = Policy::parse("[files]\nurl_prefixes = [\"http://host/a/../\"]", p())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("files.url_prefixes") && e.contains("dot segment"),
+            "{e}"
+        );
+    }
+
+    /// Issue 18 item 16: https and digests can be required.
+    #[test]
+    fn https_and_digests_can_be_required() {
+        let e = Policy::parse(
+            "[files]\nrequire_https = true\nurl_prefixes = [\"http://host/d/\"]",
+            p(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("require_https"), "{e}");
+        let pol = Policy::parse(
+            "[files]\nrequire_https = true\nurl_prefixes = [\"https://host/d/\"]\n[images]\nrequire_digest = true",
+            p(),
+        )
+        .unwrap();
+        assert!(pol.url_allowed("https://host/d/x"));
+        assert!(!pol.url_allowed("http://host/d/x"));
+        assert!(pol.images.require_digest);
+        // Defaults: neither is required (documented in docs/configuration.md).
+        let d = Policy::deny_all();
+        assert!(!d.files.require_https && !d.images.require_digest);
+    }
+
+    #[test]
+    fn package_allow_lists() {
+        let pol = Policy::parse(
+            "[packages]\napt = true\napt_allow = [\"curl\", \"python3-*\"]\npip_allow = [\"Scikit_Learn\"]",
+            p(),
+        )
+        .unwrap();
+        assert!(pol.packages.allowed("apt", "curl").is_ok());
+        assert!(pol.packages.allowed("apt", "python3-torch").is_ok());
+        let e = pol.packages.allowed("apt", "nmap").unwrap_err();
+        assert!(e.contains("packages.apt_allow"), "{e}");
+        assert!(pol.packages.allowed("pip", "scikit-learn").is_ok());
+        assert!(pol.packages.allowed("pip", "torch").is_err());
+        // No list: any name that passes the grammar.
+        assert!(pol.packages.allowed("dnf", "anything").is_ok());
+        for bad in [
+            "[packages]\npip_user = \"root\"",
+            "[packages]\napt_allow = [\"a b\"]",
+        ] {
+            assert!(Policy::parse(bad, p()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -84,6 +84,15 @@ fn script(dir: &Path, name: &str, body: &str) {
     let path = dir.join(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("script");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    if name == "apt-get" && !dir.join("apt-cache").exists() {
+        // The helper asks apt-cache first whether the name exists exactly
+        // (`apt-cache show -- NAME`): the stand-in knows every name, at 2.10-3 and 1.0.
+        script(
+            dir,
+            "apt-cache",
+            "printf 'Package: %s\\nVersion: 2.10-3\\n\\nPackage: %s\\nVersion: 1.0\\n' \"$3\" \"$3\"",
+        );
+    }
 }
 
 #[test]

@@ -159,7 +159,14 @@ fn privileged_writes_go_through_the_helper_socket() {
         cpu_floor: 2,
         ..machine_cfg(&sys)
     };
-    std::thread::spawn(move || server::serve(&listener, &helper_cfg));
+    // The helper checks its own policy before every operation (issue 18, item 13).
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[actions]\nresize = true\n").expect("policy");
+    let helper = server::HelperConfig {
+        policy_file: policy,
+        ..server::HelperConfig::new(helper_cfg)
+    };
+    std::thread::spawn(move || server::serve_with(&listener, &helper));
     let agent_cfg = GuestActuatorConfig {
         helper_socket: Some(socket.clone()),
         ..machine_cfg(&sys)

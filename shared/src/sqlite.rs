@@ -41,6 +41,10 @@ pub struct OpenOptions {
     /// Unix mode of the database and its `-wal` and `-shm` files (e.g. `0o600`); a
     /// missing database is created with it. `None` leaves modes to the umask.
     pub mode: Option<u32>,
+    /// `journal_size_limit` in bytes: after a checkpoint resets the WAL, the file is cut
+    /// back to this size, so a burst of writes does not keep its disk space for good.
+    /// `None` keeps SQLite's default (no limit).
+    pub journal_size_limit: Option<u64>,
 }
 
 impl OpenOptions {
@@ -50,6 +54,7 @@ impl OpenOptions {
             synchronous,
             busy_timeout: Duration::from_secs(5),
             mode: None,
+            journal_size_limit: None,
         }
     }
 
@@ -66,6 +71,19 @@ impl OpenOptions {
             ..self
         }
     }
+
+    pub fn journal_size_limit(self, bytes: u64) -> Self {
+        Self {
+            journal_size_limit: Some(bytes),
+            ..self
+        }
+    }
+}
+
+/// Whether `e` says the database or its disk is full (`SQLITE_FULL`: no space left on
+/// the device, or the database reached its `max_page_count`).
+pub fn is_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
 }
 
 /// Why a database could not be opened.
@@ -112,6 +130,11 @@ pub fn open(path: &Path, opts: OpenOptions) -> Result<Connection, SqliteError> {
         .map_err(setting("journal_mode"))?;
     conn.pragma_update(None, "synchronous", opts.synchronous.as_str())
         .map_err(setting("synchronous"))?;
+    if let Some(limit) = opts.journal_size_limit {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        conn.pragma_update(None, "journal_size_limit", limit)
+            .map_err(setting("journal_size_limit"))?;
+    }
     if let Some(mode) = opts.mode {
         restrict_mode(path, mode);
     }
@@ -175,8 +198,13 @@ mod tests {
         let path = dir.path().join("a.db");
         let opts = OpenOptions::new(Synchronous::Full)
             .busy_timeout(Duration::from_secs(1))
-            .mode(0o600);
+            .mode(0o600)
+            .journal_size_limit(65_536);
         let conn = open(&path, opts).unwrap();
+        let limit: i64 = conn
+            .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(limit, 65_536);
         let journal: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
@@ -200,6 +228,26 @@ mod tests {
         let x: i64 = ro.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
         assert_eq!(x, 1);
         assert!(ro.execute("INSERT INTO t VALUES (2)", []).is_err());
+    }
+
+    #[test]
+    fn a_full_database_is_recognised_by_its_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(
+            &dir.path().join("f.db"),
+            OpenOptions::new(Synchronous::Normal),
+        )
+        .unwrap();
+        conn.execute_batch("CREATE TABLE t(x BLOB); PRAGMA max_page_count = 4;")
+            .unwrap();
+        let e = conn
+            .execute("INSERT INTO t VALUES (zeroblob(100000))", [])
+            .unwrap_err();
+        assert!(is_full(&e), "{e}");
+        let other = conn
+            .execute("INSERT INTO nowhere VALUES (1)", [])
+            .unwrap_err();
+        assert!(!is_full(&other), "{other}");
     }
 
     #[test]

@@ -375,6 +375,20 @@ fn a_real_pip_install_goes_into_the_policy_venv() {
     }
     let mut pol = Policy::deny_all();
     pol.packages.pip_venv = Some(venv.clone());
+    if preload::packages::is_root() {
+        // pip never runs as root: the venv stays root's, its packages and scripts are
+        // the pip user's (docs/operations.md, "pip").
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let chown = preload::packages::find_program("chown").unwrap();
+        let lib = venv.join("lib").display().to_string();
+        let bin = venv.join("bin").display().to_string();
+        for args in [["-R", "nobody", lib.as_str()], ["nobody", bin.as_str(), ""]] {
+            let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+            preload::packages::run(&chown, &args, &[], Duration::from_secs(60), &never).unwrap();
+        }
+        pol.packages.pip_user = Some("nobody".into());
+    }
     let step = PreloadStep::Pip {
         name: "six".into(),
         version: Some("1".into()),

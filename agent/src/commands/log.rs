@@ -1,13 +1,17 @@
 //! The command log, `state_dir/commands.db`: every command id the agent accepted, with
 //! its last state, and the model versions a signed command granted. An id is on disk
 //! (synchronous=FULL) before its command runs, so a resent command, even after a restart,
-//! is answered with its known state and never run twice. What this is not: signature
-//! checks (`verify`) or running commands (`runner`).
+//! is answered with its known state and never run twice. A pre-load also keeps its
+//! signed bytes and one result line per finished step, so after a restart it resumes
+//! (signature and expiry checked again) after the steps already done instead of being
+//! marked interrupted. What this is not: signature checks (`verify`) or running
+//! commands (`runner`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use persona_shared::command::CommandState;
+use persona_shared::command::{CommandState, SignedCommand};
+use persona_shared::preload::StepResult;
 use persona_shared::sqlite::{self, OpenOptions, SqliteError, Synchronous};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -66,7 +70,11 @@ impl CommandLog {
             source,
         };
         // An id must be on disk before its command runs: one fsync per command is cheap.
-        let conn = sqlite::open(path, OpenOptions::new(Synchronous::Full))?;
+        // Private like the outbox: it names what the coordinator had this VM do.
+        let conn = sqlite::open(
+            path,
+            OpenOptions::new(Synchronous::Full).mode(crate::outbox::DB_MODE),
+        )?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS executed(
                 id TEXT PRIMARY KEY, kind TEXT NOT NULL, received_ms INTEGER NOT NULL,
@@ -76,10 +84,26 @@ impl CommandLog {
                 granted_ms INTEGER NOT NULL, PRIMARY KEY(kind, version));",
         )
         .map_err(err)?;
+        // Added after the first release: the signed command of a pre-load and its step
+        // results, for resuming.
+        for (col, ty) in [("body", "BLOB"), ("signature", "BLOB"), ("steps", "TEXT")] {
+            let has: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('executed') WHERE name = ?1",
+                    params![col],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(err)?
+                > 0;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE executed ADD COLUMN {col} {ty}"))
+                    .map_err(err)?;
+            }
+        }
         conn.execute(
             "UPDATE executed SET state = 'failed', finished_ms = ?1,
                 message = 'interrupted: the agent stopped before the command finished'
-             WHERE state IN ('delivered', 'running')",
+             WHERE state IN ('delivered', 'running') AND (kind != 'preload' OR body IS NULL)",
             params![now_ms()],
         )
         .map_err(err)?;
@@ -103,11 +127,29 @@ impl CommandLog {
 
     /// Records `id` unless it is known; says which.
     pub fn claim(&self, id: &str, kind: &str) -> Result<Claim, CommandError> {
+        self.claim_signed(id, kind, None)
+    }
+
+    /// [`CommandLog::claim`], keeping the signed command (body, signature) so that it can
+    /// be resumed after a restart.
+    pub fn claim_signed(
+        &self,
+        id: &str,
+        kind: &str,
+        signed: Option<&SignedCommand>,
+    ) -> Result<Claim, CommandError> {
         let n = self
             .conn
             .execute(
-                "INSERT OR IGNORE INTO executed(id, kind, received_ms, state) VALUES (?1, ?2, ?3, 'delivered')",
-                params![id, kind, now_ms()],
+                "INSERT OR IGNORE INTO executed(id, kind, received_ms, state, body, signature)
+                 VALUES (?1, ?2, ?3, 'delivered', ?4, ?5)",
+                params![
+                    id,
+                    kind,
+                    now_ms(),
+                    signed.map(|s| s.body.as_slice()),
+                    signed.map(|s| s.signature.as_slice())
+                ],
             )
             .map_err(self.err())?;
         if n == 1 {
@@ -145,6 +187,55 @@ impl CommandLog {
             )
             .map_err(self.err())?;
         Ok(())
+    }
+
+    /// The pre-loads that were running or queued when the agent stopped, to be resumed:
+    /// their signed commands, oldest first.
+    pub fn resumable(&self) -> Result<Vec<SignedCommand>, CommandError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT body, signature FROM executed
+                 WHERE kind = 'preload' AND state IN ('delivered', 'running')
+                   AND body IS NOT NULL AND signature IS NOT NULL
+                 ORDER BY received_ms",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(SignedCommand {
+                    body: r.get(0)?,
+                    signature: r.get(1)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// Appends one step's result to the command's record.
+    pub fn add_step_result(&self, id: &str, r: &StepResult) -> Result<(), CommandError> {
+        self.conn
+            .execute(
+                "UPDATE executed SET steps = COALESCE(steps || char(10), '') || ?2 WHERE id = ?1",
+                params![id, r.line()],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// The step results recorded for a command (empty when none).
+    pub fn step_results(&self, id: &str) -> Result<Vec<StepResult>, CommandError> {
+        let steps: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT steps FROM executed WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?
+            .flatten();
+        Ok(steps.map(|s| StepResult::parse_all(&s)).unwrap_or_default())
     }
 
     /// Records that the model `kind` at `version` with this checksum may be accepted.
@@ -210,6 +301,44 @@ pub fn model_granted_in(
 mod tests {
     use super::*;
 
+    /// Issue 18, pre-load: a running plan survives a restart with its signed command and
+    /// the results of the steps it finished, instead of being marked interrupted.
+    #[test]
+    fn a_running_preload_is_kept_for_resuming() {
+        use persona_shared::preload::StepStatus;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(COMMANDS_FILE);
+        let signed = SignedCommand {
+            body: vec![1, 2, 3],
+            signature: vec![4, 5],
+        };
+        {
+            let log = CommandLog::open(&p).unwrap();
+            assert_eq!(
+                log.claim_signed("c-p", "preload", Some(&signed)).unwrap(),
+                Claim::New
+            );
+            log.set_state("c-p", CommandState::Running, None).unwrap();
+            log.add_step_result(
+                "c-p",
+                &StepResult {
+                    index: 0,
+                    status: StepStatus::Done,
+                    detail: "apt curl".into(),
+                },
+            )
+            .unwrap();
+        }
+        let log = CommandLog::open(&p).unwrap();
+        assert_eq!(log.resumable().unwrap(), vec![signed]);
+        let steps = log.step_results("c-p").unwrap();
+        assert_eq!(steps.len(), 1);
+        assert_eq!((steps[0].index, steps[0].status), (0, StepStatus::Done));
+        log.set_state("c-p", CommandState::Succeeded, Some("ok"))
+            .unwrap();
+        assert!(log.resumable().unwrap().is_empty());
+    }
+
     #[test]
     fn the_log_claims_each_id_once_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -244,8 +373,25 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(log.model_granted("mirror", "v2", &[1; 32]).unwrap());
+        assert!(log.resumable().unwrap().is_empty());
         assert!(!log.model_granted("mirror", "v2", &[2; 32]).unwrap());
         assert!(model_granted_in(dir.path(), "mirror", "v2", &[1; 32]).unwrap());
         assert!(!model_granted_in(dir.path(), "mirror", "v3", &[1; 32]).unwrap());
+    }
+
+    /// Issue 18, items 11 and 17: the command log is 0600, WAL files included, even
+    /// under a permissive umask.
+    #[test]
+    fn the_command_log_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(COMMANDS_FILE);
+        let log = CommandLog::open(&p).unwrap();
+        log.claim("c-1", "resize").unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let f = dir.path().join(format!("{COMMANDS_FILE}{suffix}"));
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
     }
 }

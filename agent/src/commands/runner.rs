@@ -156,11 +156,53 @@ impl Runner {
             self.cfg.guest_actuator.clone(),
             self.cancels.clone(),
         ));
+        self.resume(&work_tx);
         while let Some(signed) = inbox.recv().await {
             self.accept(signed, &work_tx);
         }
         drop(work_tx);
         let _ = exec.await;
+    }
+
+    /// Queues again the pre-loads that were running or queued when the agent stopped,
+    /// after checking their signature, agent id and expiry again; they continue after
+    /// the steps already done (`preload::run_resumable`).
+    fn resume(&self, work: &mpsc::UnboundedSender<(Command, Arc<AtomicBool>)>) {
+        let pending = match lock_log(&self.log).resumable() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("cannot read the pre-loads to resume: {e}");
+                return;
+            }
+        };
+        for signed in pending {
+            let id = claimed_id(&signed.body).unwrap_or_default();
+            match verify(&self.ca_der, &signed, &self.cfg.agent_id, now_ms()) {
+                Ok(cmd) => {
+                    tracing::info!(id = %cmd.id, "resuming a pre-load after a restart");
+                    self.report(update(
+                        &cmd.id,
+                        CommandState::Running,
+                        Some("resuming after an agent restart".into()),
+                    ));
+                    let flag = Arc::new(AtomicBool::new(false));
+                    if let Ok(mut m) = self.cancels.lock() {
+                        m.insert(cmd.id.clone(), flag.clone());
+                    }
+                    let _ = work.send((cmd, flag));
+                }
+                Err(refusal) => {
+                    let state = if matches!(refusal, Refusal::Expired { .. }) {
+                        CommandState::Expired
+                    } else {
+                        CommandState::Failed
+                    };
+                    let msg = format!("interrupted by an agent restart, not resumed: {refusal}");
+                    let _ = lock_log(&self.log).set_state(&id, state, Some(&msg));
+                    self.report(update(&id, state, Some(msg)));
+                }
+            }
+        }
     }
 
     /// Verifies, de-duplicates and queues one command (or handles a Cancel at once).
@@ -188,7 +230,9 @@ impl Runner {
                 return;
             }
         };
-        let claim = lock_log(&self.log).claim(&cmd.id, cmd.action.kind());
+        // A pre-load keeps its signed bytes, to be resumed after a restart.
+        let keep = matches!(cmd.action, Action::Preload(_)).then_some(&signed);
+        let claim = lock_log(&self.log).claim_signed(&cmd.id, cmd.action.kind(), keep);
         match claim {
             Ok(Claim::New) => {}
             Ok(Claim::Seen { state, message }) => {
@@ -385,19 +429,42 @@ fn execute(cmd: &Command, ctx: &ExecContext, cancel: &AtomicBool) -> (CommandSta
             // Installs go through the root helper when the agent is unprivileged.
             let installer =
                 preload::packages::Installer::choose(ctx.guest.helper_socket.as_deref());
-            match preload::run_with(plan, &policy, &installer, &mut on_progress, cancel) {
-                Ok(report) => (CommandState::Succeeded, report.summary()),
-                Err(preload::PreloadError::Cancelled { index, step }) => (
+            let earlier = lock_log(log).step_results(&cmd.id).unwrap_or_default();
+            let mut on_result = |r: &persona_shared::preload::StepResult| {
+                // Where the plan is, on disk: a restarted agent resumes after it.
+                if let Err(e) = lock_log(log).add_step_result(&cmd.id, r) {
+                    tracing::warn!(id = %cmd.id, "cannot record a step result: {e}");
+                }
+            };
+            match preload::run_resumable(
+                plan,
+                &policy,
+                &installer,
+                &earlier,
+                &mut on_progress,
+                &mut on_result,
+                cancel,
+            ) {
+                Ok(report) => (CommandState::Succeeded, report.message()),
+                Err(e @ preload::PreloadError::Cancelled { .. }) => (
                     CommandState::Cancelled,
-                    format!("cancelled at step {index} ({step})"),
+                    with_steps(e.to_string(), e.report()),
                 ),
-                Err(e) => (CommandState::Failed, e.to_string()),
+                Err(e) => (CommandState::Failed, with_steps(e.to_string(), e.report())),
             }
         }
         Action::Cancel { .. } => (
             CommandState::Failed,
             "a cancel is handled on receipt".into(),
         ),
+    }
+}
+
+/// An error line, then the plan's per-step lines when it ran.
+fn with_steps(first: String, report: Option<&preload::PlanReport>) -> String {
+    match report {
+        Some(r) => format!("{first}; {}", r.message()),
+        None => first,
     }
 }
 

@@ -185,7 +185,7 @@ pub fn check(req: &Request) -> Result<(), String> {
             }
             for p in packages {
                 match manager {
-                    Manager::Apt => validate::debian_package(p),
+                    Manager::Apt => validate::apt_package(p),
                     Manager::Dnf => validate::rpm_package(p),
                     Manager::Pip => validate::python_name(p),
                 }
@@ -204,6 +204,21 @@ pub fn check(req: &Request) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Decodes and checks one request line as the helper does with what it reads from its
+/// socket: UTF-8, one JSON object of the allow-list, values inside their bounds. Any
+/// input gives a request or a reason, never a panic (fuzzed: `fuzz/fuzz_targets/
+/// helper_request.rs`).
+pub fn decode_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() as u64 > MAX_REQUEST {
+        return Err(format!("longer than {MAX_REQUEST} bytes"));
+    }
+    let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8: {e}"))?;
+    let req: Request = serde_json::from_str(text.trim())
+        .map_err(|e| format!("not an allow-listed request: {e}"))?;
+    check(&req)?;
+    Ok(req)
 }
 
 /// Sends one request to the helper and reads its reply (5 s deadlines each way).

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::protocol::{MAX_REQUEST, Manager, Reply, Request, SHORT_DEADLINE, check};
+use super::protocol::{MAX_REQUEST, Manager, Reply, Request, SHORT_DEADLINE, decode_request};
 use crate::actuate::{ActuateError, GuestActuatorConfig, perform};
 use crate::policy::Policy;
 use crate::preload::packages;
@@ -115,21 +115,42 @@ fn install(manager: Manager, names: &[String], version: Option<&str>, cfg: &Help
             ),
         );
     }
-    let argv = match packages::install_argv(
-        manager,
-        cfg.program_dir.as_deref(),
-        policy.packages.pip_venv.as_deref(),
-        names,
-        version,
-    ) {
-        Ok(a) => a,
-        Err(e) => return Reply::err("failed", e.to_string()),
-    };
+    for n in names {
+        if let Err(why) = policy.packages.allowed(manager.as_str(), n) {
+            return Reply::err("refused", format!("{why} ({})", cfg.policy_file.display()));
+        }
+    }
     let _one = INSTALLS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    tracing::info!(manager = manager.as_str(), packages = %names.join(" "), "installing");
     let never = AtomicBool::new(false);
+    let pip = policy
+        .packages
+        .pip_venv
+        .as_deref()
+        .map(|venv| packages::PipTarget {
+            venv,
+            user: policy.packages.pip_user.as_deref(),
+        });
+    // apt names are checked to exist exactly (and versions resolved) before apt-get runs.
+    let argv = match packages::prepare_install(
+        manager,
+        cfg.program_dir.as_deref(),
+        pip,
+        names,
+        version,
+        &never,
+    ) {
+        Ok(a) => a,
+        Err(
+            e @ (packages::ExecError::NotExact { .. }
+            | packages::ExecError::NoVersion { .. }
+            | packages::ExecError::UnsafeVenv { .. }
+            | packages::ExecError::PipUser(_)),
+        ) => return Reply::err("refused", e.to_string()),
+        Err(e) => return Reply::err("failed", e.to_string()),
+    };
+    tracing::info!(manager = manager.as_str(), packages = %names.join(" "), "installing");
     let what = format!("{} {}", argv.program.display(), argv.args.join(" "));
     match argv.run_capture(cfg.install_timeout, &never) {
         Ok(f) => {
@@ -155,13 +176,10 @@ pub fn handle_line(line: &str, cfg: &GuestActuatorConfig) -> Reply {
 
 /// Parses, checks and performs one request line, as the helper does.
 pub fn handle_helper_line(line: &str, cfg: &HelperConfig) -> Reply {
-    let req: Request = match serde_json::from_str(line.trim()) {
+    let req: Request = match decode_request(line.as_bytes()) {
         Ok(r) => r,
-        Err(e) => return Reply::err("refused", format!("not an allow-listed request: {e}")),
+        Err(why) => return Reply::err("refused", why),
     };
-    if let Err(why) = check(&req) {
-        return Reply::err("refused", why);
-    }
     if let Request::InstallPackages {
         manager,
         packages,
@@ -169,6 +187,23 @@ pub fn handle_helper_line(line: &str, cfg: &HelperConfig) -> Reply {
     } = &req
     {
         return install(*manager, packages, version.as_deref(), cfg);
+    }
+    // Every resize operation (CPU online, memory online, cgroup limits) needs
+    // actions.resize in the policy as it is on disk now, whatever the caller says.
+    if !matches!(req, Request::Ping {}) {
+        match Policy::load(&cfg.policy_file) {
+            Ok(p) if p.actions.resize => {}
+            Ok(_) => {
+                return Reply::err(
+                    "refused",
+                    format!(
+                        "resize is off in the policy (actions.resize in {})",
+                        cfg.policy_file.display()
+                    ),
+                );
+            }
+            Err(e) => return Reply::err("refused", format!("no usable policy: {e}")),
+        }
     }
     match perform(&req, &cfg.guest) {
         Ok(done) => Reply::ok(done),
@@ -249,7 +284,7 @@ pub fn serve_with(listener: &UnixListener, cfg: &HelperConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::helper::protocol::call;
+    use crate::helper::protocol::{self, call};
 
     /// A configuration whose roots are an empty directory: nothing can be written.
     fn nowhere(dir: &Path) -> GuestActuatorConfig {
@@ -261,13 +296,22 @@ mod tests {
         }
     }
 
+    /// A helper whose policy file holds `policy`.
+    fn with_policy(dir: &Path, policy: &str) -> HelperConfig {
+        let mut h = HelperConfig::new(nowhere(dir));
+        h.policy_file = dir.join("policy.toml");
+        std::fs::write(&h.policy_file, policy).unwrap();
+        h
+    }
+
     #[test]
     fn the_allow_list() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = nowhere(dir.path());
         assert!(handle_line("{\"op\":\"ping\"}\n", &cfg).ok);
         // Allowed, but the (empty) sysfs has no such CPU: a failure, not a refusal.
-        let r = handle_line("{\"op\":\"cpu_online\",\"cpu\":1,\"online\":false}", &cfg);
+        let h = with_policy(dir.path(), "[actions]\nresize = true\n");
+        let r = handle_helper_line("{\"op\":\"cpu_online\",\"cpu\":1,\"online\":false}", &h);
         assert_eq!(r.error.as_deref(), Some("failed"), "{r:?}");
         for refused in [
             "{\"op\":\"cpu_online\",\"cpu\":0,\"online\":false}",
@@ -296,6 +340,175 @@ mod tests {
         );
         assert_eq!(r.error.as_deref(), Some("refused"), "{r:?}");
         assert!(r.detail.contains("packages.apt"), "{r:?}");
+    }
+
+    /// Issue 18 item 13: CPU online, memory online and cgroup limits need
+    /// actions.resize in the helper's own reading of the policy.
+    #[test]
+    fn every_resize_operation_needs_actions_resize() {
+        let dir = tempfile::tempdir().unwrap();
+        let off = with_policy(dir.path(), "[actions]\nresize = false\n");
+        for line in [
+            "{\"op\":\"cpu_online\",\"cpu\":1,\"online\":true}",
+            "{\"op\":\"memory_online\",\"block\":3}",
+            "{\"op\":\"cgroup_limit\",\"group\":\"web\",\"cpu_max_millicores\":500,\"memory_max_bytes\":null}",
+        ] {
+            let r = handle_helper_line(line, &off);
+            assert_eq!(r.error.as_deref(), Some("refused"), "{line}: {r:?}");
+            assert!(r.detail.contains("actions.resize"), "{line}: {r:?}");
+        }
+        // No policy file at all: the same (deny by default); ping needs no policy.
+        let mut none = off.clone();
+        none.policy_file = dir.path().join("absent.toml");
+        let r = handle_helper_line("{\"op\":\"memory_online\",\"block\":3}", &none);
+        assert!(r.detail.contains("actions.resize"), "{r:?}");
+        assert!(handle_helper_line("{\"op\":\"ping\"}", &none).ok);
+    }
+
+    /// Issue 18 item 3: names apt-get reads as a removal or a regular expression are
+    /// refused on the socket, and the helper's allow-list is enforced.
+    #[test]
+    fn apt_patterns_and_unlisted_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = with_policy(
+            dir.path(),
+            "[packages]\napt = true\napt_allow = [\"curl\", \"dpkg\"]\n",
+        );
+        for name in ["python3.+-", "libcurl.+-", "curl-", "x.+"] {
+            let line = format!("{{\"op\":\"install_packages\",\"packages\":[\"{name}\"]}}");
+            let r = handle_helper_line(&line, &h);
+            assert_eq!(r.error.as_deref(), Some("refused"), "{name}: {r:?}");
+            assert!(r.detail.contains("apt package name"), "{name}: {r:?}");
+        }
+        let r = handle_helper_line("{\"op\":\"install_packages\",\"packages\":[\"nmap\"]}", &h);
+        assert_eq!(r.error.as_deref(), Some("refused"), "{r:?}");
+        assert!(r.detail.contains("packages.apt_allow"), "{r:?}");
+        // A listed name that apt does not know exactly is refused before apt-get runs.
+        if packages::find_program("apt-cache").is_err() {
+            eprintln!("skipped the apt-cache part: no apt-cache on this machine");
+            return;
+        }
+        let h = with_policy(dir.path(), "[packages]\napt = true\n");
+        let r = handle_helper_line(
+            "{\"op\":\"install_packages\",\"packages\":[\"persona-no-such-package\"]}",
+            &h,
+        );
+        assert_eq!(r.error.as_deref(), Some("refused"), "{r:?}");
+        assert!(
+            r.detail.contains("no package of exactly this name"),
+            "{r:?}"
+        );
+    }
+
+    /// Issue 18 item 2: pip never runs as root, only with wheels, only from a root-owned
+    /// venv that group and others cannot write, and only for allowed names.
+    #[test]
+    fn pip_drops_root_and_refuses_a_writable_venv() {
+        use std::os::unix::fs::PermissionsExt;
+        if !packages::is_root() {
+            eprintln!("skipped: needs root to check the privilege drop");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let venv = root.join("venv");
+        std::fs::create_dir_all(venv.join("bin")).unwrap();
+        let out = root.join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let marker = out.join("ran");
+        let pip = venv.join("bin/pip");
+        std::fs::write(
+            &pip,
+            format!("#!/bin/sh\necho \"$(id -u) $*\" > {}\n", marker.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&pip, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&venv, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let policy = |extra: &str| {
+            format!(
+                "[packages]\npip_venv = {:?}\n{extra}",
+                venv.display().to_string()
+            )
+        };
+        let req = "{\"op\":\"install_packages\",\"manager\":\"pip\",\"packages\":[\"six\"]}";
+        // No pip_user: refused rather than run as root.
+        let r = handle_helper_line(req, &with_policy(root, &policy("")));
+        assert_eq!(r.error.as_deref(), Some("refused"), "{r:?}");
+        assert!(r.detail.contains("pip_user"), "{r:?}");
+        assert!(!marker.exists());
+        let r = handle_helper_line(req, &with_policy(root, &policy("pip_user = \"nobody\"\n")));
+        assert!(r.ok, "{r:?}");
+        let ran = std::fs::read_to_string(&marker).unwrap();
+        let (uid, args) = ran.trim().split_once(' ').unwrap();
+        assert_ne!(uid, "0", "pip ran as root: {ran}");
+        assert!(args.contains("--only-binary :all:"), "{ran}");
+        // A venv or bin/pip that group or others can write is refused, naming it.
+        std::fs::remove_file(&marker).unwrap();
+        for (path, mode) in [(&venv, 0o775), (&pip, 0o757)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let r = handle_helper_line(req, &with_policy(root, &policy("pip_user = \"nobody\"\n")));
+            assert_eq!(r.error.as_deref(), Some("refused"), "{r:?}");
+            assert!(
+                r.detail.contains(&path.display().to_string())
+                    && r.detail.contains(&format!("{mode:04o}")),
+                "{r:?}"
+            );
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        assert!(!marker.exists());
+        // The allow-list.
+        let r = handle_helper_line(
+            req,
+            &with_policy(
+                root,
+                &policy("pip_user = \"nobody\"\npip_allow = [\"torch\"]\n"),
+            ),
+        );
+        assert!(r.detail.contains("packages.pip_allow"), "{r:?}");
+        assert!(!marker.exists());
+    }
+
+    /// The request decoder never panics, whatever the bytes (the fuzz target's check,
+    /// run in CI without nightly).
+    #[test]
+    fn the_request_decoder_takes_arbitrary_bytes() {
+        use proptest::prelude::*;
+        let valid = [
+            "{\"op\":\"ping\"}",
+            "{\"op\":\"cpu_online\",\"cpu\":1,\"online\":true}",
+            "{\"op\":\"install_packages\",\"manager\":\"pip\",\"packages\":[\"six\"],\"version\":\"1\"}",
+            "{\"op\":\"cgroup_limit\",\"group\":\"web\",\"cpu_max_millicores\":500,\"memory_max_bytes\":null,\"io\":{\"device\":\"8:0\"}}",
+        ];
+        for v in valid {
+            assert!(protocol::decode_request(v.as_bytes()).is_ok(), "{v}");
+        }
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        runner
+            .run(&proptest::collection::vec(any::<u8>(), 0..512), |bytes| {
+                let _ = protocol::decode_request(&bytes);
+                Ok(())
+            })
+            .unwrap();
+        // Mutations of valid requests reach deeper than random bytes.
+        runner
+            .run(
+                &(0..valid.len(), any::<usize>(), any::<u8>(), 0..3u8),
+                |(which, at, byte, how)| {
+                    let mut b = valid[which].as_bytes().to_vec();
+                    let i = at % (b.len() + 1);
+                    match how {
+                        0 => b.insert(i, byte),
+                        1 if i < b.len() => b[i] = byte,
+                        _ => b.truncate(i),
+                    }
+                    let _ = protocol::decode_request(&b);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert!(protocol::decode_request(&vec![b' '; 20_000]).is_err());
     }
 
     #[test]

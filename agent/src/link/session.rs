@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use super::backoff::Backoff;
 use super::connect::{client_endpoint, resolve};
 use super::error::{LinkError, kind, wire};
+use super::skew::{Held, SKEW_WARN_MS, ServerClock, stepped};
 use crate::identity::{CA_FILE, CERT_FILE, KEY_FILE};
 use crate::outbox::{Outbox, lock};
 use crate::settings::Settings;
@@ -45,6 +46,9 @@ pub struct LinkStats {
     /// Acks that said the coordinator already had the batch.
     pub batches_duplicate: u64,
     pub batches_rejected: u64,
+    /// Refusals of batches dated in the coordinator's future (kept and retried, never
+    /// deleted).
+    pub batches_future: u64,
     /// Bytes of batch frames written (payload, before QUIC framing).
     pub batch_bytes: u64,
     /// UDP bytes sent and received by QUIC, all connections together.
@@ -82,6 +86,9 @@ pub struct LinkContext {
     /// The running mirror model: its version goes in Hello, pushes are offered to it and
     /// its answers go out on the control stream. None = no model updates.
     pub models: Option<crate::model_store::ModelHandle>,
+    /// The agent's wall clock (the system clock but in tests), compared with the
+    /// coordinator's at Welcome.
+    pub clock: Arc<dyn persona_shared::clock::WallClock>,
 }
 
 /// The link. Build it with [`Link::new`] (which reads the TLS files, so configuration
@@ -94,6 +101,10 @@ pub struct Link {
     stats: LinkStats,
     /// Set during a session when it proved healthy (acked a batch or lasted long).
     healthy: bool,
+    /// The coordinator's clock, from this session's Welcome.
+    server_clock: Option<ServerClock>,
+    /// Batches of this session refused as future-dated.
+    held: Held,
 }
 
 /// How a session ended without error.
@@ -115,6 +126,8 @@ impl Link {
             client,
             stats: LinkStats::default(),
             healthy: false,
+            server_clock: None,
+            held: Held::default(),
         })
     }
 
@@ -188,6 +201,15 @@ impl Link {
         h.batches_acked.store(self.stats.batches_acked, Relaxed);
         h.batches_rejected
             .store(self.stats.batches_rejected, Relaxed);
+        h.batches_held_future.store(self.held.len() as u64, Relaxed);
+    }
+
+    /// The skew now (agent minus coordinator), published for `/metrics`; None before
+    /// the first Welcome with a time.
+    fn measure_skew(&self) -> Option<i64> {
+        let skew = self.server_clock?.skew_ms(self.ctx.clock.now_ms());
+        self.ctx.health.set_clock_skew_ms(skew);
+        Some(skew)
     }
 
     fn log_stats(&self, what: &str, live: Option<&quinn::Connection>) {
@@ -207,6 +229,7 @@ impl Link {
             batches_acked = s.batches_acked,
             batches_duplicate = s.batches_duplicate,
             batches_rejected = s.batches_rejected,
+            batches_future = s.batches_future,
             batch_bytes = s.batch_bytes,
             udp_tx_bytes = s.udp_tx_bytes + tx,
             udp_rx_bytes = s.udp_rx_bytes + rx,
@@ -304,12 +327,19 @@ impl Link {
             }
         };
         self.stats.connections += 1;
+        self.held = Held::default();
+        self.server_clock = ServerClock::from_welcome(welcome.server_time_ms, conn.rtt());
+        let skew = self.measure_skew();
         tracing::info!(
             coordinator = %self.cfg.coordinator,
             agent_id = %welcome.agent_id,
             committed_seq = welcome.committed_seq,
+            clock_skew_ms = skew,
             "connected"
         );
+        if let Some(skew) = skew.filter(|s| s.abs() > SKEW_WARN_MS) {
+            warn_skew(skew);
+        }
         self.ctx.settings.send_if_modified(|cur| {
             let new = cur.adopt(welcome.sample_interval_ms, welcome.batch_interval_s);
             let changed = new != *cur;
@@ -421,9 +451,44 @@ impl Link {
             Some(m) => Some(m.statuses().lock_owned().await),
             None => None,
         };
+        // Held batches offered again (a probe, then all of them once it is taken); they
+        // go before new ones.
+        let mut again: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+        let mut last_skew = self.measure_skew();
         loop {
             if drain_until.is_none() && *shutdown.borrow() {
                 drain_until = Some(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+            }
+            // A step of the agent's clock (the skew changed without a new Welcome) may
+            // be the fix the held batches wait for.
+            let skew = self.measure_skew();
+            if let (Some(before), Some(now)) = (last_skew, skew)
+                && stepped(before, now)
+            {
+                tracing::info!(
+                    clock_skew_ms = now,
+                    was_ms = before,
+                    "the agent's clock stepped"
+                );
+                if now.abs() > SKEW_WARN_MS {
+                    warn_skew(now);
+                }
+                self.held.probe_now(tokio::time::Instant::now());
+            }
+            last_skew = skew;
+            if let Some(seq) = self.held.due(tokio::time::Instant::now()) {
+                tracing::debug!(seq, "offering a future-dated batch again");
+                again.push_back(seq);
+            }
+            while inflight.len() < MAX_IN_FLIGHT
+                && let Some(seq) = again.pop_front()
+            {
+                // Gone if the outbox bound dropped it meanwhile.
+                if let Some(body) = lock(&self.ctx.outbox).get(seq)? {
+                    self.stats.batches_sent += 1;
+                    self.stats.batch_bytes += body.len() as u64 + 4;
+                    inflight.spawn(send_batch(conn.clone(), seq, body, max));
+                }
             }
             if inflight.len() < MAX_IN_FLIGHT {
                 let batches = lock(&self.ctx.outbox)
@@ -450,8 +515,11 @@ impl Link {
             tokio::select! {
                 Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
                     let (seq, answer) = joined.map_err(|e| LinkError::Task(e.to_string()))?;
-                    self.answer(seq, answer)?;
+                    if self.answer(seq, answer)? {
+                        again.extend(self.held.acked(seq));
+                    }
                 }
+                () = sleep_until_opt(self.held.deadline()) => {}
                 () = self.ctx.sealed.notified() => {}
                 changed = self.ctx.facts.changed(), if facts_alive => match changed {
                     Ok(()) => {
@@ -509,8 +577,8 @@ impl Link {
         }
     }
 
-    /// Handles the coordinator's answer to batch `seq`.
-    fn answer(&mut self, seq: u64, answer: Result<CoordMsg, WireError>) -> Result<(), LinkError> {
+    /// Handles the coordinator's answer to batch `seq`; true when it was acknowledged.
+    fn answer(&mut self, seq: u64, answer: Result<CoordMsg, WireError>) -> Result<bool, LinkError> {
         match answer.map_err(wire("sending a batch"))? {
             CoordMsg::Ack {
                 seq: got,
@@ -526,13 +594,31 @@ impl Link {
                 }
                 self.healthy = true;
                 tracing::debug!(seq, duplicate, "batch {seq} acked");
-                Ok(())
+                Ok(true)
+            }
+            CoordMsg::Reject(r)
+                if r.code == RejectCode::BadTimestamps && self.future_dated(seq)? =>
+            {
+                self.stats.batches_future += 1;
+                let first = self.held.len() == 0;
+                self.held.hold(seq, tokio::time::Instant::now());
+                if first {
+                    tracing::warn!(
+                        seq,
+                        clock_skew_ms = self.measure_skew(),
+                        "coordinator refused batch {seq} as dated in its future ({}); kept, and offered again until it is taken: check this VM's clock (NTP)",
+                        r.message
+                    );
+                } else {
+                    tracing::debug!(seq, "batch {seq} refused as future-dated; kept");
+                }
+                Ok(false)
             }
             CoordMsg::Reject(r) if is_permanent(r.code) => {
                 lock(&self.ctx.outbox).reject(seq)?;
                 self.stats.batches_rejected += 1;
                 tracing::warn!(seq, code = ?r.code, "coordinator refused batch {seq} for good: {}; dropped", r.message);
-                Ok(())
+                Ok(false)
             }
             CoordMsg::Reject(r) => Err(LinkError::Rejected {
                 what: "a batch",
@@ -547,7 +633,46 @@ impl Link {
     }
 }
 
-/// Refusals that resending the same bytes cannot cure.
+impl Link {
+    /// Whether stored batch `seq` ends later than the coordinator's clock (estimated
+    /// from Welcome; the agent's own clock without one): a `BadTimestamps` for it means
+    /// "too early", which time cures. A batch that is gone, does not decode or has
+    /// unordered or no timestamps is not future-dated.
+    fn future_dated(&self, seq: u64) -> Result<bool, LinkError> {
+        let Some(body) = lock(&self.ctx.outbox).get(seq)? else {
+            return Ok(false);
+        };
+        let Ok(AgentMsg::Batch(b)) = decode_body::<AgentMsg>(&body) else {
+            return Ok(false);
+        };
+        let Ok(ts) = b.check_timestamps(MAX_POINTS_CHECKED, i64::MIN, i64::MAX) else {
+            return Ok(false);
+        };
+        let coordinator_now = self
+            .server_clock
+            .map_or_else(|| self.ctx.clock.now_ms(), |c| c.now_ms());
+        Ok(ts.last().is_some_and(|&last| last > coordinator_now))
+    }
+}
+
+/// Most timestamps decoded from a refused batch (far more than a batch holds).
+const MAX_POINTS_CHECKED: usize = 1 << 20;
+
+fn warn_skew(skew_ms: i64) {
+    let (how, by) = if skew_ms > 0 {
+        ("ahead of", skew_ms)
+    } else {
+        ("behind", -skew_ms)
+    };
+    tracing::warn!(
+        clock_skew_ms = skew_ms,
+        "this VM's clock is {how} the coordinator's by {:.1} s; batches dated beyond the coordinator's limit are refused and kept until it takes them: fix the clock (NTP)",
+        by as f64 / 1000.0
+    );
+}
+
+/// Refusals that resending the same bytes cannot cure (a `BadTimestamps` for a batch
+/// dated in the coordinator's future excepted, see [`Link::future_dated`]).
 fn is_permanent(code: RejectCode) -> bool {
     matches!(
         code,

@@ -58,6 +58,20 @@ pub enum ExecError {
     Cancelled,
     #[error("the root helper at {socket} did not install: {detail}")]
     Helper { socket: PathBuf, detail: String },
+    #[error("apt package {name:?} is refused: {reason}")]
+    NotExact { name: String, reason: String },
+    #[error(
+        "apt package {name}: no available version matches {version:?} (available: {available})"
+    )]
+    NoVersion {
+        name: String,
+        version: String,
+        available: String,
+    },
+    #[error("pip is refused: {path} is {reason}")]
+    UnsafeVenv { path: PathBuf, reason: String },
+    #[error("pip is refused: {0}")]
+    PipUser(String),
 }
 
 /// Finds a system program by name in [`SYSTEM_DIRS`].
@@ -139,7 +153,25 @@ pub fn run_capture(
     timeout: Duration,
     cancel: &AtomicBool,
 ) -> Result<Finished, ExecError> {
+    run_capture_as(program, args, env, None, timeout, cancel)
+}
+
+/// [`run_capture`], the child switching to `run_as` (uid, gid) first: std's
+/// `CommandExt::uid`/`gid` call setgid, setgroups(0) and setuid in the child between
+/// fork and exec, so nothing of the program ever runs with the parent's privilege.
+fn run_capture_as(
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    run_as: Option<(u32, u32)>,
+    timeout: Duration,
+    cancel: &AtomicBool,
+) -> Result<Finished, ExecError> {
+    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(program);
+    if let Some((uid, gid)) = run_as {
+        cmd.uid(uid).gid(gid).current_dir("/");
+    }
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -221,32 +253,12 @@ pub fn apt_present(name: &str, cancel: &AtomicBool) -> bool {
     .is_ok_and(|s| s.trim() == "installed")
 }
 
-/// `apt-get install -y --no-install-recommends -- NAME[=VERSION]`, non-interactive.
-pub fn apt_install(
-    name: &str,
-    version: Option<&str>,
-    cancel: &AtomicBool,
-) -> Result<(), ExecError> {
-    let argv = install_argv(Manager::Apt, None, None, &[name.to_owned()], version)?;
-    argv.run(INSTALL_TIMEOUT, cancel).map(|_| ())
-}
-
 /// Whether an RPM package is installed (`rpm -q`).
 pub fn dnf_present(name: &str, cancel: &AtomicBool) -> bool {
     let Ok(rpm) = find_program("rpm") else {
         return false;
     };
     run(&rpm, &["-q", "--", name], &[], QUERY_TIMEOUT, cancel).is_ok()
-}
-
-/// `dnf install -y -- NAME[-VERSION]`.
-pub fn dnf_install(
-    name: &str,
-    version: Option<&str>,
-    cancel: &AtomicBool,
-) -> Result<(), ExecError> {
-    let argv = install_argv(Manager::Dnf, None, None, &[name.to_owned()], version)?;
-    argv.run(INSTALL_TIMEOUT, cancel).map(|_| ())
 }
 
 /// The venv's pip; the venv must exist (the agent does not create environments).
@@ -273,33 +285,166 @@ pub fn pip_present(pip: &Path, name: &str, cancel: &AtomicBool) -> bool {
     .is_ok()
 }
 
-/// `pip install --no-input -- NAME[==VERSION.*]` into the venv. A persona names a
-/// release series ("2.5"), so the version is matched as a prefix.
-pub fn pip_install(
-    pip: &Path,
+/// The record fields of `apt-cache show` output: (Package, Version) per stanza.
+fn apt_records(out: &str) -> Vec<(String, String)> {
+    let mut recs = Vec::new();
+    for stanza in out.split("\n\n") {
+        let field = |k: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_owned())
+        };
+        if let Some(p) = field("Package:") {
+            recs.push((p, field("Version:").unwrap_or_default()));
+        }
+    }
+    recs
+}
+
+/// Whether a Debian `version` belongs to the release series `series` ("550" holds
+/// "550.54.14-1" and "550", not "5501"): equal, or followed by `.`, `-`, `+`, `~`, with
+/// any epoch ignored unless the series has one.
+fn in_series(version: &str, series: &str) -> bool {
+    let v = if series.contains(':') {
+        version
+    } else {
+        version.split_once(':').map_or(version, |(_, v)| v)
+    };
+    v == series
+        || v.strip_prefix(series)
+            .is_some_and(|rest| rest.starts_with(['.', '-', '+', '~']))
+}
+
+/// The exact `NAME=VERSION` (or `NAME`) to give apt-get, after checking that `name` is
+/// a package apt knows under exactly that name: `apt-cache show -- NAME` must print at
+/// least one record and only records of `Package: NAME` (a name apt does not know would
+/// otherwise be read as a regular expression or a glob and match others). A version
+/// that is a release series ("550") is resolved to the newest available version in it
+/// (apt-cache lists versions newest first); an exact version must be available as is.
+pub fn apt_spec(
+    program_dir: Option<&Path>,
     name: &str,
     version: Option<&str>,
     cancel: &AtomicBool,
-) -> Result<(), ExecError> {
-    let venv = pip.parent().and_then(Path::parent).unwrap_or(pip);
-    let argv = install_argv(Manager::Pip, None, Some(venv), &[name.to_owned()], version)?;
-    argv.run(INSTALL_TIMEOUT, cancel).map(|_| ())
+) -> Result<String, ExecError> {
+    persona_shared::preload::validate::apt_package(name).map_err(|e| ExecError::NotExact {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let cache = find_program_in(program_dir, "apt-cache")?;
+    let f = run_capture(&cache, &["show", "--", name], &[], QUERY_TIMEOUT, cancel)?;
+    let recs = apt_records(&f.stdout);
+    let not_exact = |reason: String| ExecError::NotExact {
+        name: name.to_owned(),
+        reason,
+    };
+    if recs.is_empty() {
+        return Err(not_exact(format!(
+            "apt-cache show finds no package of exactly this name (a virtual or unknown package): {}",
+            tail(&f.stderr, 300)
+        )));
+    }
+    if let Some((other, _)) = recs.iter().find(|(p, _)| p != name) {
+        return Err(not_exact(format!(
+            "apt would read it as a pattern (it also matches {other})"
+        )));
+    }
+    let Some(want) = version else {
+        return Ok(name.to_owned());
+    };
+    let versions: Vec<&str> = recs.iter().map(|(_, v)| v.as_str()).collect();
+    let pick = versions
+        .iter()
+        .find(|v| **v == want)
+        .or_else(|| versions.iter().find(|v| in_series(v, want)));
+    match pick {
+        Some(v) => Ok(format!("{name}={v}")),
+        None => Err(ExecError::NoVersion {
+            name: name.to_owned(),
+            version: want.to_owned(),
+            available: versions.join(", "),
+        }),
+    }
 }
 
-/// A fully resolved install: program, arguments and environment. Built only from names
-/// that passed their grammar (callers check; the helper checks again).
+/// Checks that `path` is owned by root and not writable by group or others.
+fn root_owned(path: &Path, what: &str) -> Result<(), ExecError> {
+    use std::os::unix::fs::MetadataExt;
+    let unsafe_venv = |reason: String| ExecError::UnsafeVenv {
+        path: path.to_owned(),
+        reason,
+    };
+    let m =
+        std::fs::symlink_metadata(path).map_err(|e| unsafe_venv(format!("not readable ({e})")))?;
+    if m.file_type().is_symlink() {
+        return Err(unsafe_venv(format!(
+            "a symlink; the {what} must be a real one"
+        )));
+    }
+    let mode = m.mode() & 0o7777;
+    if m.uid() != 0 {
+        return Err(unsafe_venv(format!(
+            "owned by uid {}, mode {mode:04o}; the {what} must be owned by root",
+            m.uid()
+        )));
+    }
+    if mode & 0o022 != 0 {
+        return Err(unsafe_venv(format!(
+            "mode {mode:04o}: writable by group or others; the {what} must not be"
+        )));
+    }
+    Ok(())
+}
+
+/// The uid and gid of `user` (a name in /etc/passwd, or a numeric uid), never root.
+fn lookup_user(passwd: &str, user: &str) -> Result<(u32, u32), ExecError> {
+    let found = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        let (uid, gid) = (
+            f.get(2)?.parse::<u32>().ok()?,
+            f.get(3)?.parse::<u32>().ok()?,
+        );
+        (f.first() == Some(&user) || user.parse::<u32>().ok() == Some(uid)).then_some((uid, gid))
+    });
+    match found {
+        Some((0, _)) => Err(ExecError::PipUser(format!(
+            "packages.pip_user {user:?} is root"
+        ))),
+        Some(ids) => Ok(ids),
+        None => Err(ExecError::PipUser(format!(
+            "packages.pip_user {user:?} is not in /etc/passwd"
+        ))),
+    }
+}
+
+/// A fully resolved install: program, arguments, environment and, for pip run by
+/// root, the unprivileged uid and gid the child switches to before it runs anything.
+/// Built only from names that passed their grammar (callers check; the helper checks
+/// again).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstallArgv {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(&'static str, &'static str)>,
+    /// `(uid, gid)` to run as (set in the child with setgid, setgroups, setuid).
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl InstallArgv {
     /// Runs it; a non-zero exit is an [`ExecError::Failed`].
     pub fn run(&self, timeout: Duration, cancel: &AtomicBool) -> Result<String, ExecError> {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        run(&self.program, &args, &self.env, timeout, cancel)
+        let f = self.run_capture(timeout, cancel)?;
+        if f.success {
+            Ok(f.stdout)
+        } else {
+            Err(ExecError::Failed {
+                program: self.program.clone(),
+                args: self.args.join(" "),
+                status: f.status,
+                stderr: tail(&f.stderr, STDERR_TAIL),
+            })
+        }
     }
 
     /// Runs it and returns how it ended.
@@ -309,30 +454,48 @@ impl InstallArgv {
         cancel: &AtomicBool,
     ) -> Result<Finished, ExecError> {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        run_capture(&self.program, &args, &self.env, timeout, cancel)
+        run_capture_as(
+            &self.program,
+            &args,
+            &self.env,
+            self.run_as,
+            timeout,
+            cancel,
+        )
     }
 }
 
-/// The argument list that installs `names` (one `version` applies to a single name) with
-/// `manager`: `apt-get install -y --no-install-recommends -- ...` with
+/// Where pip installs and as whom: the policy's venv and `packages.pip_user`.
+#[derive(Debug, Clone, Copy)]
+pub struct PipTarget<'a> {
+    pub venv: &'a Path,
+    pub user: Option<&'a str>,
+}
+
+/// The argument list that installs `specs` (already `NAME=VERSION` for apt, see
+/// [`apt_spec`]; one `version` applies to a single dnf or pip name) with `manager`:
+/// `apt-get install -y --no-install-recommends -- ...` with
 /// DEBIAN_FRONTEND=noninteractive, `dnf install -y -- ...`, or the venv's
-/// `pip install --no-input -- ...`. `program_dir` replaces the system directories.
+/// `pip install --no-input --only-binary :all: -- ...`. pip never runs as root: when
+/// this process is root, the venv directory and its bin/pip must be root-owned and not
+/// group/other writable, and pip runs as `packages.pip_user`. `program_dir` replaces
+/// the system directories.
 pub fn install_argv(
     manager: Manager,
     program_dir: Option<&Path>,
-    pip_venv: Option<&Path>,
-    names: &[String],
+    pip: Option<PipTarget<'_>>,
+    specs: &[String],
     version: Option<&str>,
 ) -> Result<InstallArgv, ExecError> {
-    let specs: Vec<String> = names
+    let specs: Vec<String> = specs
         .iter()
         .map(|n| match (manager, version) {
-            (Manager::Apt, Some(v)) => format!("{n}={v}"),
             (Manager::Dnf, Some(v)) => format!("{n}-{v}"),
             (Manager::Pip, Some(v)) => format!("{n}=={v}.*"),
-            (_, None) => n.clone(),
+            _ => n.clone(),
         })
         .collect();
+    let mut run_as = None;
     let (program, mut args, env): (PathBuf, Vec<&str>, Vec<(&'static str, &'static str)>) =
         match manager {
             Manager::Apt => (
@@ -356,17 +519,33 @@ pub fn install_argv(
                 vec![],
             ),
             Manager::Pip => {
-                let Some(venv) = pip_venv else {
+                let Some(target) = pip else {
                     return Err(ExecError::NotFound {
                         program: "pip (no venv configured)".into(),
                     });
                 };
+                let pip = venv_pip(target.venv)?;
+                if is_root() {
+                    root_owned(target.venv, "venv directory")?;
+                    root_owned(&pip, "venv's bin/pip")?;
+                    let Some(user) = target.user else {
+                        return Err(ExecError::PipUser(
+                            "pip would run as root: set packages.pip_user to an unprivileged user"
+                                .into(),
+                        ));
+                    };
+                    let passwd = std::fs::read_to_string("/etc/passwd")
+                        .map_err(|e| ExecError::PipUser(format!("cannot read /etc/passwd: {e}")))?;
+                    run_as = Some(lookup_user(&passwd, user)?);
+                }
                 (
-                    venv_pip(venv)?,
-                    vec!["install", "--no-input", "-q"],
+                    pip,
+                    // Wheels only: a source distribution's build script never runs.
+                    vec!["install", "--no-input", "-q", "--only-binary", ":all:"],
                     vec![
                         ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
                         ("PIP_NO_CACHE_DIR", "1"),
+                        ("HOME", "/nonexistent"),
                     ],
                 )
             }
@@ -374,7 +553,33 @@ pub fn install_argv(
     args.push("--");
     let mut args: Vec<String> = args.into_iter().map(str::to_owned).collect();
     args.extend(specs);
-    Ok(InstallArgv { program, args, env })
+    Ok(InstallArgv {
+        program,
+        args,
+        env,
+        run_as,
+    })
+}
+
+/// The whole install of one request: apt names resolved and checked exactly
+/// ([`apt_spec`]), then [`install_argv`].
+pub fn prepare_install(
+    manager: Manager,
+    program_dir: Option<&Path>,
+    pip: Option<PipTarget<'_>>,
+    names: &[String],
+    version: Option<&str>,
+    cancel: &AtomicBool,
+) -> Result<InstallArgv, ExecError> {
+    if manager == Manager::Apt {
+        let specs = names
+            .iter()
+            .map(|n| apt_spec(program_dir, n, version, cancel))
+            .collect::<Result<Vec<_>, _>>()?;
+        install_argv(manager, program_dir, None, &specs, None)
+    } else {
+        install_argv(manager, program_dir, pip, names, version)
+    }
 }
 
 /// How the pre-load installs packages: through the root helper, or itself.
@@ -397,26 +602,21 @@ impl Installer {
         }
     }
 
-    /// Installs one package (`pip` is the policy's venv pip for [`Manager::Pip`]).
+    /// Installs one package (`pip` is the policy's venv and user for [`Manager::Pip`]).
     pub fn install(
         &self,
         manager: Manager,
-        pip: Option<&Path>,
+        pip: Option<PipTarget<'_>>,
         name: &str,
         version: Option<&str>,
         cancel: &AtomicBool,
     ) -> Result<(), ExecError> {
         match self {
-            Installer::Direct => match manager {
-                Manager::Apt => apt_install(name, version, cancel),
-                Manager::Dnf => dnf_install(name, version, cancel),
-                Manager::Pip => match pip {
-                    Some(p) => pip_install(p, name, version, cancel),
-                    None => Err(ExecError::NotFound {
-                        program: "pip (no venv configured)".into(),
-                    }),
-                },
-            },
+            Installer::Direct => {
+                let argv =
+                    prepare_install(manager, None, pip, &[name.to_owned()], version, cancel)?;
+                argv.run(INSTALL_TIMEOUT, cancel).map(|_| ())
+            }
             Installer::Helper(socket) => {
                 let req = Request::InstallPackages {
                     manager,
@@ -491,6 +691,72 @@ mod tests {
         let cancelled = AtomicBool::new(true);
         let e = run(&sleep, &["5"], &[], Duration::from_secs(10), &cancelled).unwrap_err();
         assert!(matches!(e, ExecError::Cancelled), "{e}");
+    }
+
+    #[test]
+    fn versions_belong_to_their_series() {
+        assert!(in_series("550.54.14-1", "550"));
+        assert!(in_series("550", "550"));
+        assert!(in_series("1:2.36-9+deb12u4", "2.36"));
+        assert!(!in_series("5501.1", "550"));
+        assert!(!in_series("55.0", "550"));
+        let recs = apt_records("Package: a\nVersion: 2\n\nPackage: a\nVersion: 1\n");
+        assert_eq!(
+            recs,
+            vec![("a".into(), "2".into()), ("a".into(), "1".into())]
+        );
+    }
+
+    /// Issue 18 item 3 and "apt versions kept": only names apt knows exactly get to
+    /// apt-get, and a release series becomes the newest exact version in it, which
+    /// `apt-get -s` (simulation) then accepts as an install of that one package.
+    #[test]
+    fn apt_names_are_checked_exactly_and_versions_resolved() {
+        let never = AtomicBool::new(false);
+        if find_program("apt-cache").is_err() || find_program("dpkg-query").is_err() {
+            eprintln!("skipped: no apt-cache on this machine");
+            return;
+        }
+        for bad in ["curl-", "python3.+-", "libcurl.+-"] {
+            let e = apt_spec(None, bad, None, &never).unwrap_err();
+            assert!(matches!(e, ExecError::NotExact { .. }), "{bad}: {e}");
+        }
+        let e = apt_spec(None, "persona-no-such-package", None, &never).unwrap_err();
+        assert!(e.to_string().contains("exactly"), "{e}");
+        assert_eq!(apt_spec(None, "dpkg", None, &never).unwrap(), "dpkg");
+        let installed = run(
+            &find_program("dpkg-query").unwrap(),
+            &["-W", "-f=${Version}", "--", "dpkg"],
+            &[],
+            QUERY_TIMEOUT,
+            &never,
+        )
+        .unwrap();
+        let series: String = installed.split('.').take(2).collect::<Vec<_>>().join(".");
+        let spec = apt_spec(None, "dpkg", Some(&series), &never).unwrap();
+        let exact = spec.strip_prefix("dpkg=").unwrap();
+        assert!(in_series(exact, &series), "{spec}");
+        assert_eq!(
+            apt_spec(None, "dpkg", Some(&installed), &never).unwrap(),
+            format!("dpkg={installed}")
+        );
+        let e = apt_spec(None, "dpkg", Some("999"), &never).unwrap_err();
+        assert!(matches!(e, ExecError::NoVersion { .. }), "{e}");
+        // apt-get's own reading of the resolved argument: one package, nothing removed.
+        let sim = run_capture(
+            &find_program("apt-get").unwrap(),
+            &["-s", "install", "--", &spec],
+            &[],
+            QUERY_TIMEOUT,
+            &never,
+        )
+        .unwrap();
+        assert!(sim.success, "{}", sim.stderr);
+        assert!(
+            !sim.stdout.lines().any(|l| l.starts_with("Remv")),
+            "{}",
+            sim.stdout
+        );
     }
 
     #[test]

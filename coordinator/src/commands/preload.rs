@@ -9,10 +9,12 @@
 //! Operator-given files (URL, SHA-256, size, destination) are added as file steps.
 //!
 //! Manifest kinds map to steps: `deb` → apt, `rpm` → dnf, `pip` → pip, `container` →
-//! image pull (`version` is the tag). Distribution package versions in a persona are
-//! release series ("550"), not the exact version strings apt and dnf need, so package
-//! steps install the distribution's current version; pip steps keep the series
-//! (`==2.5.*`). `npm`, `dataset` (no URL or checksum in a manifest) and declared
+//! image pull (`version` is the tag). Package versions are kept: a persona's "550" is a
+//! release series, which the agent resolves to the newest available exact version in
+//! it (`nvidia-driver=550.54.14-1`, checked with apt-cache) before apt-get runs; pip
+//! steps keep the series (`==2.5.*`). `npm` (the plan protocol has no npm step: an agent
+//! that does not know a step kind refuses the whole signed plan, so one is not added
+//! without a protocol version), `dataset` (no URL or checksum in a manifest) and declared
 //! software of no known ecosystem are listed as skipped with the reason.
 //!
 //! What the VM already has is skipped by the agent when it runs the plan (each step
@@ -120,16 +122,23 @@ pub fn steps_from_items(items: &[PlanItem]) -> (Vec<PreloadStep>, Vec<Skipped>) 
             reason,
         };
         let step = match it.kind.as_str() {
-            "deb" => validate::debian_package(&it.name).map(|()| PreloadStep::Package {
-                manager: PackageManager::Apt,
-                name: it.name.clone(),
-                version: None,
-            }),
-            "rpm" => validate::rpm_package(&it.name).map(|()| PreloadStep::Package {
-                manager: PackageManager::Dnf,
-                name: it.name.clone(),
-                version: None,
-            }),
+            "deb" | "rpm" => {
+                let (manager, name_ok) = if it.kind == "deb" {
+                    (PackageManager::Apt, validate::apt_package(&it.name))
+                } else {
+                    (PackageManager::Dnf, validate::rpm_package(&it.name))
+                };
+                name_ok
+                    .and_then(|()| match &it.version {
+                        Some(v) => validate::package_version(v).map(|()| Some(v.clone())),
+                        None => Ok(None),
+                    })
+                    .map(|version| PreloadStep::Package {
+                        manager,
+                        name: it.name.clone(),
+                        version,
+                    })
+            }
             "pip" => validate::python_name(&it.name)
                 .and_then(|()| match &it.version {
                     Some(v) => validate::python_version(v).map(|()| Some(v.clone())),
@@ -147,7 +156,9 @@ pub fn steps_from_items(items: &[PlanItem]) -> (Vec<PreloadStep>, Vec<Skipped>) 
                 validate::image_reference(&reference).map(|_| PreloadStep::Image { reference })
             }
             "npm" => {
-                skipped.push(skip("npm packages are not a pre-load step kind".into()));
+                skipped.push(skip(
+                    "npm: the plan protocol has no npm step yet (an agent refuses a whole signed plan with a step kind it does not know); install it from the VM's own tooling".into(),
+                ));
                 continue;
             }
             "dataset" => {
@@ -338,7 +349,7 @@ mod tests {
                 PreloadStep::Package {
                     manager: PackageManager::Apt,
                     name: "nvidia-driver".into(),
-                    version: None
+                    version: Some("550".into())
                 },
                 PreloadStep::Pip {
                     name: "torch".into(),
@@ -355,6 +366,16 @@ mod tests {
             ]
         );
         assert_eq!(skipped.len(), 4);
+        assert!(
+            skipped
+                .iter()
+                .any(|s| s.kind == "npm" && s.reason.contains("protocol"))
+        );
+        assert!(
+            skipped
+                .iter()
+                .any(|s| s.kind == "dataset" && s.reason.contains("--file"))
+        );
         assert!(
             skipped
                 .iter()

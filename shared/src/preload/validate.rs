@@ -50,6 +50,39 @@ pub fn debian_package(name: &str) -> Result<(), ValidateError> {
     }
 }
 
+/// A Debian package name as apt-get is given it: [`debian_package`], plus the rules
+/// that keep apt from reading the argument as anything but that one name.
+///
+/// apt-get strips a trailing `-` (remove) or `+` (install) from a name that is not a
+/// package, and it reads a name it cannot find as a task (`^`), a glob (`* ? [ ]`) or a
+/// POSIX regular expression (any of `. ? + * | [ ] ^ $ ( )`). The Debian character set
+/// already excludes everything but `.` and `+`, so the grammar is:
+///
+/// - 2-100 characters of `a-z 0-9 + - .`, starting with a letter or digit;
+/// - ending with a letter or a digit, or with `++` (`g++`, `c++`): never one `+`, a `-`
+///   or a `.`;
+/// - no `.` directly followed by `+` or `.` (`x.+`, `a..b`: "any character, repeated"),
+///   and no `+++`;
+///
+/// and, when installing, the name must exist exactly in apt's cache (the agent checks
+/// with `apt-cache show` that every record it gets is `Package: NAME`), which leaves
+/// apt's regular-expression fallback nothing to do.
+pub fn apt_package(name: &str) -> Result<(), ValidateError> {
+    const RULE: &str = "an apt package name is a Debian name (2-100 of a-z 0-9 + - ., starting with a letter or digit) that ends with a letter, a digit or \"++\" and has no \".+\", \"..\" or \"+++\" (apt-get would read it as a removal or a regular expression)";
+    debian_package(name)?;
+    let b = name.as_bytes();
+    let last = b[b.len() - 1];
+    let ends_ok = last.is_ascii_alphanumeric() || name.ends_with("++");
+    let pairs_ok = b
+        .windows(2)
+        .all(|w| !matches!((w[0], w[1]), (b'.', b'+') | (b'.', b'.')));
+    if ends_ok && pairs_ok && !name.contains("+++") {
+        Ok(())
+    } else {
+        Err(grammar("apt package name", name, RULE))
+    }
+}
+
 /// An RPM package name: letters, digits and `_ + - .`, starting with a letter or digit.
 pub fn rpm_package(name: &str) -> Result<(), ValidateError> {
     const RULE: &str = "an RPM package name is 1-100 characters of A-Z a-z 0-9 _ + - ., starting with a letter or digit";
@@ -239,9 +272,75 @@ pub fn image_reference(r: &str) -> Result<String, ValidateError> {
     Ok(q)
 }
 
-/// An http(s) URL without spaces, control characters or user info. Other schemes
-/// (`file:`, `ftp:`, `data:`) are refused.
-pub fn url(u: &str) -> Result<(), ValidateError> {
+/// An http(s) URL after parsing: what [`url`] accepts and what a URL prefix of the
+/// policy is compared on. The scheme and host are lower-cased, the port is explicit
+/// (80 or 443 when absent) and the path is a list of percent-decoded segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+    /// Decoded path segments (`/a/b%20c/` is `["a", "b c"]`).
+    pub segments: Vec<String>,
+    /// The path ends with `/` (or is `/`).
+    pub dir: bool,
+    /// The raw query, without `?`.
+    pub query: Option<String>,
+}
+
+impl HttpUrl {
+    /// Whether `self` is `prefix` or below it: same origin (scheme, host, port) and the
+    /// prefix's segments are the first segments of `self`'s, compared whole (so
+    /// `/data` allows `/data` and `/data/x` but not `/database`; `/data/` allows only
+    /// what is below it). A prefix's query, if any, is ignored.
+    pub fn is_under(&self, prefix: &HttpUrl) -> bool {
+        if self.https != prefix.https || self.host != prefix.host || self.port != prefix.port {
+            return false;
+        }
+        let n = prefix.segments.len();
+        if self.segments.len() < n || self.segments[..n] != prefix.segments[..] {
+            return false;
+        }
+        // "/data/" allows what is below "/data", not "/data" itself.
+        !prefix.dir || self.segments.len() > n || self.dir
+    }
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decodes one path segment; `None` when an escape is malformed.
+fn percent_decode(seg: &str) -> Option<Vec<u8>> {
+    let b = seg.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hi = hex_val(*b.get(i + 1)?)?;
+            let lo = hex_val(*b.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Parses an http(s) URL strictly, for comparison with the policy's prefixes: no
+/// spaces, control characters, user info or fragment; a host of letters, digits, `-`
+/// and `.` (or a bracketed IPv6 address); and a path with no dot segments and no encoded
+/// separators. Every segment is percent-decoded first, so `%2e%2e` is `..` and refused
+/// like it, and a decoded `/`, `\` or NUL (`%2f`, `%5c`, `%00`) is refused: a server may
+/// read them as separators where the prefix check did not.
+pub fn http_url(u: &str) -> Result<HttpUrl, ValidateError> {
     let refuse = |reason: &str| ValidateError::Url {
         url: u.chars().take(300).collect(),
         reason: reason.to_owned(),
@@ -252,18 +351,130 @@ pub fn url(u: &str) -> Result<(), ValidateError> {
     if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(refuse("contains whitespace or control characters"));
     }
-    let rest = u
-        .strip_prefix("https://")
-        .or_else(|| u.strip_prefix("http://"))
-        .ok_or_else(|| refuse("only http:// and https:// URLs are fetched"))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let lower = u.get(..8).unwrap_or(u).to_ascii_lowercase();
+    let (https, rest) = if lower.starts_with("https://") {
+        (true, &u[8..])
+    } else if lower.starts_with("http://") {
+        (false, &u[7..])
+    } else {
+        return Err(refuse("only http:// and https:// URLs are fetched"));
+    };
+    if rest.contains('#') {
+        return Err(refuse("a fragment (#) is not accepted"));
+    }
+    if rest.contains('\\') {
+        return Err(refuse("a backslash is not accepted"));
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(end);
     if authority.is_empty() {
         return Err(refuse("no host"));
     }
     if authority.contains('@') {
         return Err(refuse("user info in URLs is not accepted"));
     }
-    Ok(())
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, tail) = v6
+            .split_once(']')
+            .ok_or_else(|| refuse("an unclosed [ in the host"))?;
+        if h.is_empty()
+            || !h
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
+        {
+            return Err(refuse("not an IPv6 address in brackets"));
+        }
+        let port = match tail {
+            "" => None,
+            t => Some(
+                t.strip_prefix(':')
+                    .ok_or_else(|| refuse("junk after the host"))?,
+            ),
+        };
+        (format!("[{}]", h.to_ascii_lowercase()), port)
+    } else {
+        let (h, port) = match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        let ok = !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.');
+        if !ok {
+            return Err(refuse(
+                "the host must be letters, digits, - and . (or [IPv6])",
+            ));
+        }
+        (h.to_ascii_lowercase(), port)
+    };
+    let port = match port {
+        None => {
+            if https {
+                443
+            } else {
+                80
+            }
+        }
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0 && !p.to_string().is_empty())
+            .ok_or_else(|| refuse("the port is not 1-65535"))?,
+    };
+    let (path, query) = match after.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (after, None),
+    };
+    let path = if path.is_empty() { "/" } else { path };
+    let dir = path.ends_with('/');
+    let mut segments = Vec::new();
+    let inner = path.trim_start_matches('/').len();
+    let trimmed = &path[path.len() - inner..];
+    if path.len() - inner > 1 {
+        return Err(refuse("the path starts with //"));
+    }
+    let body = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    if !body.is_empty() {
+        for seg in body.split('/') {
+            let decoded = percent_decode(seg).ok_or_else(|| refuse("a malformed % escape"))?;
+            if decoded.iter().any(|c| matches!(c, b'/' | b'\\' | 0)) {
+                return Err(refuse(
+                    "an encoded separator (%2f, %5c or %00) in the path is not accepted",
+                ));
+            }
+            let decoded = String::from_utf8(decoded)
+                .map_err(|_| refuse("a path segment is not UTF-8 once decoded"))?;
+            if decoded == "." || decoded == ".." {
+                return Err(refuse(
+                    "a dot segment (. or .., also as %2e) in the path is not accepted",
+                ));
+            }
+            segments.push(decoded);
+        }
+    }
+    Ok(HttpUrl {
+        https,
+        host,
+        port,
+        segments,
+        dir,
+        query,
+    })
+}
+
+/// An http(s) URL that [`http_url`] accepts: no spaces, control characters, user info,
+/// dot segments or encoded separators. Other schemes (`file:`, `ftp:`, `data:`) are
+/// refused.
+pub fn url(u: &str) -> Result<(), ValidateError> {
+    http_url(u).map(|_| ())
+}
+
+/// Whether a checked image reference is pinned by digest (`...@sha256:HEX`, 64 digits).
+pub fn image_has_digest(qualified: &str) -> bool {
+    qualified
+        .rsplit_once("@sha256:")
+        .is_some_and(|(_, h)| h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// Lexically normalises an absolute path, refusing `..` (never resolved: a path that
@@ -523,6 +734,93 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("symlink"), "{e}");
+    }
+
+    #[test]
+    fn apt_names_are_read_by_apt_as_one_name() {
+        for n in [
+            "curl",
+            "g++",
+            "g++-12",
+            "libstdc++6",
+            "python3.11",
+            "nvidia-driver",
+            "lib32z1-dev",
+        ] {
+            apt_package(n).unwrap_or_else(|e| panic!("{n}: {e}"));
+        }
+        // A trailing - or + is an action to apt-get; .+ and .. are regular expressions.
+        for n in [
+            "curl-",
+            "curl+",
+            "x.+",
+            "python3.+-",
+            "libcurl.+-",
+            "a..b",
+            "x.",
+            "g+++",
+        ] {
+            let e = apt_package(n).unwrap_err().to_string();
+            assert!(
+                e.contains("apt package name") || e.contains("Debian"),
+                "{n}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_are_normalised_before_prefix_checks() {
+        let p = http_url("https://Data.Example.com/datasets/").unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.dir),
+            ("data.example.com", 443, true)
+        );
+        let under = |u: &str| http_url(u).unwrap().is_under(&p);
+        assert!(under("https://data.example.com/datasets/a.bin"));
+        assert!(under("HTTPS://DATA.example.com:443/datasets/sub/%61.bin"));
+        assert!(!under("https://data.example.com/datasets"));
+        assert!(!under("https://data.example.com/datasetsX/a.bin"));
+        assert!(!under("http://data.example.com/datasets/a.bin"));
+        assert!(!under("https://data.example.com:8443/datasets/a.bin"));
+        assert!(!under("https://data.example.com.evil.net/datasets/a.bin"));
+        let file = http_url("https://h/datasets/a.bin").unwrap();
+        assert!(
+            http_url("https://h/datasets/a.bin")
+                .unwrap()
+                .is_under(&file)
+        );
+        assert!(
+            !http_url("https://h/datasets/a.bin2")
+                .unwrap()
+                .is_under(&file)
+        );
+        for (bad, why) in [
+            ("http://host/datasets/../private/secret.bin", "dot segment"),
+            (
+                "http://host/datasets/%2e%2e/private/secret.bin",
+                "dot segment",
+            ),
+            ("http://host/datasets/%2E%2e/x", "dot segment"),
+            ("http://host/datasets/./x", "dot segment"),
+            ("http://host/datasets/..", "dot segment"),
+            ("http://host/datasets/..%2fprivate/x", "encoded separator"),
+            ("http://host/datasets/%2F../x", "encoded separator"),
+            ("http://host/datasets/..%5cprivate", "encoded separator"),
+            ("http://host/datasets\\..\\private", "backslash"),
+            ("http://host/datasets/%zz", "malformed"),
+            ("http://host/a#frag", "fragment"),
+            ("http://host:0/a", "port"),
+            ("http://ho%73t/a", "host"),
+            ("http://host//etc/passwd", "//"),
+        ] {
+            let e = url(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert!(image_has_digest(&format!(
+            "docker.io/library/redis@sha256:{}",
+            "a".repeat(64)
+        )));
+        assert!(!image_has_digest("docker.io/library/redis:7"));
     }
 
     #[test]
