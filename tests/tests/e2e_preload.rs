@@ -348,6 +348,45 @@ fn plans_go_from_personactl_through_the_coordinator_to_the_agent() {
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     let list = coord.ctl(&["commands", "list", "--agent", &agent.id]);
     assert_eq!(list["commands"].as_array().unwrap().len(), 2);
+
+    // A plan whose second file is served wrong fails at that step; a retry sends only
+    // that step, and once the server is fixed it succeeds.
+    let late = body(50_000);
+    srv.add("/data/late.bin", body(49_999), Mode::Normal);
+    let late_dest = dest_dir.join("late.bin");
+    let step = |path: &str, data: &[u8], dest: &Path| {
+        serde_json::json!({"File": {"url": srv.url(path), "sha256": sha256_hex(data),
+            "size": data.len(), "dest": dest.display().to_string()}})
+    };
+    let action = serde_json::json!({"Preload": {"persona": null, "steps": [
+        step("/data/model.bin", &data, &dest),
+        step("/data/late.bin", &late, &late_dest),
+    ]}});
+    let first = coord.send_command(&agent.id, &action, None);
+    let done = coord.wait_command(&first, &["failed", "succeeded"]);
+    assert_eq!(done["state"], "failed", "{done}");
+    let msg = done["message"].as_str().unwrap();
+    assert!(msg.contains("step 0 present"), "{msg}");
+    assert!(msg.contains("step 1 failed"), "{msg}");
+    let retry = ["preload", agent.id.as_str(), "--retry", first.as_str()];
+    let v = coord.ctl(&[&retry[..], &["--dry-run"]].concat());
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "{v}");
+    assert!(steps[0].as_str().unwrap().contains("/data/late.bin"), "{v}");
+    assert!(v["source"].as_str().unwrap().contains(&first), "{v}");
+    srv.add("/data/late.bin", late.clone(), Mode::Normal);
+    let v = coord.ctl(&retry);
+    let again = v["command"].as_str().unwrap().to_owned();
+    let done = coord.wait_command(&again, &["failed", "succeeded"]);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(std::fs::read(&late_dest).unwrap(), late);
+    // A command that fully succeeded leaves nothing to retry, and says so.
+    let out = coord.ctl_output(&["preload", &agent.id, "--retry", &again]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("nothing to retry"),
+        "{err}"
+    );
     agent.kill();
 }
 

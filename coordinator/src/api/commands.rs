@@ -37,9 +37,10 @@ fn preload_status(e: &PreloadError) -> StatusCode {
     match e {
         PreloadError::UnknownAgent(_) | PreloadError::UnknownPersona(_) => StatusCode::NOT_FOUND,
         PreloadError::NoProfiler => StatusCode::SERVICE_UNAVAILABLE,
-        PreloadError::NoPurpose(_) | PreloadError::BadFile { .. } | PreloadError::Empty(_) => {
-            StatusCode::BAD_REQUEST
-        }
+        PreloadError::NoPurpose(_)
+        | PreloadError::BadFile { .. }
+        | PreloadError::Empty(_)
+        | PreloadError::NotRetriable { .. } => StatusCode::BAD_REQUEST,
         PreloadError::Command(CommandError::Invalid(_))
         | PreloadError::Command(CommandError::Ttl(_)) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

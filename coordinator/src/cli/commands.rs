@@ -64,6 +64,10 @@ pub struct PreloadArgs {
     /// How long the plan may wait to be run: 90s, 10m, 1h, 2d.
     #[arg(long, default_value = "6h")]
     pub ttl: String,
+    /// Send again only the steps of this finished pre-load command that failed or never
+    /// ran (see `personactl commands show ID`).
+    #[arg(long, value_name = "COMMAND_ID", conflicts_with_all = ["persona", "files"])]
+    pub retry: Option<String>,
 }
 
 use crate::cli::emit;
@@ -225,6 +229,9 @@ pub fn parse_file(s: &str) -> Result<Value, CtlError> {
 /// `personactl preload ...`
 pub fn preload(a: PreloadArgs, g: &Global) -> Result<(), CtlError> {
     valid_id(&a.agent)?;
+    if let Some(id) = &a.retry {
+        valid_id(id)?;
+    }
     let files = a
         .files
         .iter()
@@ -240,6 +247,7 @@ pub fn preload(a: PreloadArgs, g: &Global) -> Result<(), CtlError> {
             "files": files,
             "dry_run": a.dry_run,
             "ttl_s": ttl_s,
+            "retry": a.retry,
         })),
     )?;
     emit(g, &v, |v| {

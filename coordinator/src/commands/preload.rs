@@ -24,7 +24,8 @@
 //! execution time and makes a resent plan idempotent. What it is not: execution
 //! (`persona_agent::preload`) or delivery (`commands`).
 
-use persona_shared::command::{PackageManager, PreloadPlan, PreloadStep};
+use persona_shared::command::{Action, CommandState, PackageManager, PreloadPlan, PreloadStep};
+use persona_shared::preload::StepResult;
 use persona_shared::preload::validate;
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,8 @@ pub enum PreloadError {
     UnknownAgent(String),
     #[error("no persona {0}")]
     UnknownPersona(String),
+    #[error("command {id} cannot be retried: {reason}")]
+    NotRetriable { id: String, reason: String },
     #[error(
         "agent {0} declared no purpose, so there is no persona to plan from: pass --persona SLUG"
     )]
@@ -80,6 +83,10 @@ pub struct PreloadRequest {
     pub dry_run: bool,
     #[serde(default = "default_ttl")]
     pub ttl_s: u64,
+    /// Re-send only the steps of this finished pre-load command that failed or never
+    /// ran (its per-step results say which); `persona` and `files` must then be absent.
+    #[serde(default)]
+    pub retry: Option<String>,
 }
 
 fn default_ttl() -> u64 {
@@ -204,6 +211,66 @@ pub fn file_step(index: usize, f: &FileSpec) -> Result<PreloadStep, PreloadError
     })
 }
 
+/// The plan that retries what a finished pre-load command left undone: its steps whose
+/// result line (`step N failed|not-run: ...`, written by the agent) asks for a retry.
+fn retry_plan(store: &Store, req: &PreloadRequest, id: &str) -> Result<PlanDoc, PreloadError> {
+    let refuse = |reason: &str| PreloadError::NotRetriable {
+        id: id.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if req.persona.is_some() || !req.files.is_empty() {
+        return Err(refuse("a retry takes no --persona or --file"));
+    }
+    let cmd = store
+        .get_command(id)?
+        .ok_or_else(|| refuse("no such command"))?;
+    if cmd.agent != req.agent {
+        return Err(refuse("it belongs to another agent"));
+    }
+    let Ok(Action::Preload(old)) = serde_json::from_value::<Action>(cmd.action.clone()) else {
+        return Err(refuse("it is not a pre-load"));
+    };
+    let state = CommandState::parse(&cmd.state);
+    if !state.is_some_and(CommandState::is_final) {
+        return Err(refuse("it has not finished"));
+    }
+    let results = StepResult::parse_all(cmd.message.as_deref().unwrap_or(""));
+    if results.is_empty() {
+        return Err(refuse("it reported no per-step results"));
+    }
+    let steps: Vec<PreloadStep> = old
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            results
+                .iter()
+                .find(|r| r.index == *i)
+                .is_none_or(|r| r.status.needs_retry())
+        })
+        .map(|(_, s)| s.clone())
+        .collect();
+    if steps.is_empty() {
+        return Err(PreloadError::Empty(format!(
+            "every step of {id} succeeded; nothing to retry"
+        )));
+    }
+    let plan = PreloadPlan {
+        persona: old.persona.clone(),
+        steps,
+    };
+    Ok(PlanDoc {
+        agent: req.agent.clone(),
+        source: format!("retry of {id}"),
+        personas: old.persona.into_iter().collect(),
+        steps: plan.steps.iter().map(PreloadStep::describe).collect(),
+        plan,
+        skipped: Vec::new(),
+        dry_run: req.dry_run,
+        command: None,
+    })
+}
+
 /// The personas plan items came from, sorted, without "declared".
 fn sources(items: &[PlanItem]) -> Vec<String> {
     let mut from: Vec<String> = items
@@ -225,6 +292,9 @@ pub fn plan(
     let info = store
         .get_agent(&req.agent)?
         .ok_or_else(|| PreloadError::UnknownAgent(req.agent.clone()))?;
+    if let Some(id) = &req.retry {
+        return retry_plan(store, req, id);
+    }
     let svc = profiling.ok_or(PreloadError::NoProfiler)?;
     let (source, personas, items) = match &req.persona {
         Some(slug) => {
@@ -320,6 +390,82 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_resends_only_the_failed_and_unrun_steps() {
+        use persona_shared::command::CommandUpdate;
+        use persona_shared::preload::{StepResult, StepStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("p.db")).unwrap();
+        let (token, _) = store.create_token(60_000, 1).unwrap();
+        store.enroll(&token, "a-1", "host", "fp").unwrap().unwrap();
+        let key = store.agent_key("a-1").unwrap().unwrap();
+        let pkg = |n: &str| PreloadStep::Package {
+            manager: PackageManager::Apt,
+            name: n.into(),
+            version: None,
+        };
+        let old = PreloadPlan {
+            persona: Some("web-server".into()),
+            steps: vec![pkg("nginx"), pkg("curl"), pkg("jq")],
+        };
+        let id = crate::commands::submit(
+            &store,
+            "a-1",
+            Action::Preload(old),
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap();
+        let req = |retry: &str| PreloadRequest {
+            agent: "a-1".into(),
+            persona: None,
+            files: Vec::new(),
+            dry_run: true,
+            ttl_s: 600,
+            retry: Some(retry.into()),
+        };
+        // Not finished yet: nothing to retry.
+        assert!(matches!(
+            plan(&store, None, &req(&id)),
+            Err(PreloadError::NotRetriable { .. })
+        ));
+        let lines = [
+            (0, StepStatus::Done),
+            (1, StepStatus::Failed),
+            (2, StepStatus::NotRun),
+        ]
+        .map(|(index, status)| {
+            StepResult {
+                index,
+                status,
+                detail: "x".into(),
+            }
+            .line()
+        })
+        .join("\n");
+        let u = CommandUpdate {
+            id: id.clone(),
+            state: CommandState::Failed,
+            at_ms: 0,
+            step: None,
+            bytes: None,
+            percent: None,
+            message: Some(format!("1 of 3 steps failed\n{lines}")),
+        };
+        assert!(crate::commands::apply_update(&store, key, &u).unwrap());
+        let doc = plan(&store, None, &req(&id)).unwrap();
+        assert_eq!(doc.plan.steps, vec![pkg("curl"), pkg("jq")]);
+        assert_eq!(doc.plan.persona.as_deref(), Some("web-server"));
+        assert!(doc.source.contains(&id));
+        // Another agent's command, or an unknown one, is refused.
+        let mut other = req(&id);
+        other.agent = "a-2".into();
+        assert!(plan(&store, None, &other).is_err());
+        assert!(matches!(
+            plan(&store, None, &req("c-0000")),
+            Err(PreloadError::NotRetriable { .. })
+        ));
+    }
 
     fn item(kind: &str, name: &str, version: Option<&str>) -> PlanItem {
         PlanItem {
