@@ -419,6 +419,11 @@ impl VmState {
         }
     }
 
+    /// The time of the newest observation (None before the first).
+    pub fn evidence_until_s(&self) -> Option<f64> {
+        self.first_s.map(|_| self.last_s)
+    }
+
     /// Seconds of history.
     pub fn history_s(&self) -> f64 {
         self.first_s.map_or(0.0, |f| self.last_s - f)

@@ -773,7 +773,13 @@ pub fn recommend(
         });
         est.target
     } else {
-        hyst.decide(now_s, current, est.target, est.urgent, &timing, &mut why)
+        // A scale-down has held only as long as there is evidence for it: the seconds
+        // since the newest sample (up to a batch interval, or the whole time an agent is
+        // away) are not evidence, so the hysteresis is asked at that sample's time.
+        let decide_at = state.evidence_until_s().map_or(now_s, |t| t.min(now_s));
+        hyst.decide(
+            decide_at, current, est.target, est.urgent, &timing, &mut why,
+        )
     };
     let facts = info.facts.clone().unwrap_or(Value::Null);
     let io = io_targets(
