@@ -83,6 +83,37 @@ fn enroll_stream_and_every_second_is_present() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
+
+    // The line `token create` prints enrolls as it stands (issue 18 item 17): the token
+    // travels on stdin, never as an argument that `ps` would show.
+    let made = coord.ctl(&["token", "create"]);
+    let line = made["command"].as_str().unwrap();
+    let token2 = made["token"].as_str().unwrap();
+    let (pipe_in, agent_part) = line.split_once(" | ").unwrap();
+    assert!(
+        pipe_in.starts_with("printf ") && pipe_in.contains(token2),
+        "{line}"
+    );
+    assert!(!agent_part.contains(token2), "{line}");
+    assert!(agent_part.contains("--token -"), "{line}");
+    let agent_bin = persona_tests::bin("persona-agent");
+    let runnable = line.replacen(
+        "| persona-agent ",
+        &format!("| {} ", agent_bin.display()),
+        1,
+    );
+    let state = dir.path().join("a2");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{runnable} --state-dir {}", state.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(state.join("identity.toml").exists());
 }
 
 #[test]

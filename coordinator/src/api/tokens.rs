@@ -110,7 +110,9 @@ fn create_reply(
                     "uses": uses,
                     "ca_hash": ca_hash,
                     "coordinator": advertise,
-                    "command": format!("persona-agent enroll --coordinator {advertise} --token {token} --ca-hash {ca_hash}"),
+                    // The token goes on stdin: printf is a shell builtin, so it never
+                    // shows in `ps` the way an argument of persona-agent would.
+                    "command": format!("printf '%s\\n' '{token}' | persona-agent enroll --coordinator {advertise} --token - --ca-hash {ca_hash}"),
                 }),
             )
         }
