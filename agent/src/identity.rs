@@ -15,6 +15,11 @@ pub const KEY_FILE: &str = "key.pem";
 pub const CERT_FILE: &str = "cert.pem";
 pub const CA_FILE: &str = "ca.pem";
 pub const IDENTITY_FILE: &str = "identity.toml";
+/// The command key pinned by the coordinator's `PinCommandKey` (hex SEC1 point); absent
+/// until the first pin, while commands are checked against `ca.pem`.
+pub const COMMAND_KEY_FILE: &str = "command-key.pub";
+/// The key the last pin replaced.
+pub const PREVIOUS_COMMAND_KEY_FILE: &str = "command-key.prev";
 
 /// Who this agent is, as stored in `identity.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

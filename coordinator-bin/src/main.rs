@@ -1,5 +1,6 @@
 //! `persona-coordinator`: argument parsing, then `serve` (the coordinator library's
-//! `start`) or `demo` (this crate's `demo`, which runs an agent in-process).
+//! `start`), `demo` (this crate's `demo`, which runs an agent in-process) or
+//! `rotate-command-key` (the command-signing key, on disk).
 
 mod demo;
 
@@ -70,6 +71,20 @@ while its accept loop, ingest writer and API are healthy.")]
         data_dir: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
+    },
+    /// Retire the command-signing key and make a new one. Restart the coordinator
+    /// afterwards: each agent is then re-pinned to the new key by a command signed with
+    /// the old one, the next time it connects.
+    #[command(after_help = "Example:\n  \
+persona-coordinator rotate-command-key --data-dir /var/lib/persona-coordinator && \
+systemctl restart persona-coordinator\n\n\
+The old key moves to DATA_DIR/command-keys/ and stays loaded so that agents still pinned \
+to it can be moved on. Delete it once `personactl agents list --json` shows no agent \
+whose command_key is its fingerprint (docs/operations.md, Security model).")]
+    RotateCommandKey {
+        /// The coordinator's data directory [default: /var/lib/persona-coordinator].
+        #[arg(long, default_value = "/var/lib/persona-coordinator")]
+        data_dir: PathBuf,
     },
     /// Start a coordinator on loopback, enroll a local agent and show a live view of this
     /// machine (data in ./persona-data). Ctrl-C stops.
@@ -183,6 +198,14 @@ fn main() -> ExitCode {
             Ok(opts) => rt.block_on(serve(opts)),
             Err(e) => Err(e),
         },
+        Command::RotateCommandKey { data_dir } => {
+            persona_coordinator::pki::command_keys::rotate(&data_dir)
+                .map(|(old, new)| {
+                    println!("retired command key {old}\nnew command key     {new}");
+                    println!("restart the coordinator to sign with the new key");
+                })
+                .map_err(|e| e.to_string())
+        }
         Command::Demo {
             data_dir,
             listen,

@@ -1,8 +1,9 @@
 //! Commands from the coordinator to an agent (resize, preload, model and config
-//! updates, cancellation) and the agent's reports on them. Each command is signed by the
-//! coordinator's CA key over its MessagePack body, bound to one agent id and an
-//! expiry, so the agent acts on it only when the signature, the id and the clock
-//! agree, whatever the TLS session says. This module holds only the message types and
+//! updates, cancellation, command-key pinning) and the agent's reports on them. Each
+//! command is signed over its MessagePack body, bound to one agent id and an expiry, so
+//! the agent acts on it only when the signature, the id and the clock agree, whatever
+//! the TLS session says. The signer is the coordinator's command key once the agent has
+//! pinned it ([`Action::PinCommandKey`]), and the CA key before that. This module holds only the message types and
 //! the exact bytes that are signed; signing lives in the coordinator, verification and
 //! execution in the agent.
 
@@ -10,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::resize::ResizeRequest;
 
-/// Prefix of every signed message: the CA key also signs certificates, and this domain
-/// separation makes a command signature useless as anything else (and the reverse).
+/// Prefix of every signed message: the CA key signs certificates and, for agents that
+/// have not pinned a command key yet, commands; this domain separation makes a command
+/// signature useless as anything else (and the reverse).
 pub const SIGNING_CONTEXT: &[u8] = b"persona-command/1\0";
 
 /// Longest command id accepted (ids are `c-` and 16 hex digits when the coordinator
@@ -78,6 +80,14 @@ pub enum Action {
     /// Stop the command `id`: never start it if it has not started, or stop a running
     /// preload between steps.
     Cancel { id: String },
+    /// From now on accept only commands signed by this P-256 key (an uncompressed SEC1
+    /// point, 65 bytes). Signed by the key the agent trusts today (its pinned command
+    /// key, or the CA before the first pin), so each rotation is vouched for by the
+    /// key it replaces.
+    PinCommandKey {
+        #[serde(with = "serde_bytes")]
+        public_key: Vec<u8>,
+    },
 }
 
 impl Action {
@@ -89,9 +99,13 @@ impl Action {
             Action::ModelUpdate { .. } => "model_update",
             Action::ConfigUpdate(_) => "config_update",
             Action::Cancel { .. } => "cancel",
+            Action::PinCommandKey { .. } => "pin_command_key",
         }
     }
 }
+
+/// Length of an uncompressed SEC1 P-256 point: 0x04, X, Y.
+pub const P256_POINT_LEN: usize = 65;
 
 /// Agent settings a command may change live. Every field is optional: an update names
 /// only what it changes. The agent's policy decides whether config updates are allowed

@@ -274,8 +274,11 @@ fn an_expired_command_never_runs() {
     agent.kill();
 }
 
+/// Copies the files of a coordinator's data dir into a new private (0700) one.
 fn copy_dir(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
         if e.file_type().unwrap().is_file() {
@@ -313,10 +316,167 @@ fn a_forged_signature_is_refused() {
     assert_finished(
         &v,
         "failed",
-        "signature does not verify against the pinned coordinator CA",
+        "signature does not verify against the key this agent trusts for commands",
     );
     assert!(v["started_ms"].is_null(), "it never ran: {v}");
     assert!(srv.hits().is_empty());
     assert!(!dest.exists());
+    agent.kill();
+}
+
+/// The agent's pinned command key, as `persona-agent` wrote it (hex of the SEC1 point).
+fn pinned_key(agent: &Agent) -> Option<String> {
+    std::fs::read_to_string(agent.state_dir.join("command-key.pub"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+/// Waits until the coordinator records that `agent` pinned a key other than `not`, and
+/// returns that fingerprint.
+fn wait_pinned(coord: &Coord, agent: &str, not: Option<&str>) -> String {
+    wait_for(Duration::from_secs(60), "the command key pinned", || {
+        let v = coord.ctl(&["agents", "show", agent]);
+        v["command_key"]
+            .as_str()
+            .filter(|fp| Some(*fp) != not)
+            .map(str::to_owned)
+    })
+}
+
+/// Issue 18 item 17: commands are signed by a key of their own, not the TLS CA. The
+/// agent pins it on first contact; a coordinator holding the CA key (stolen) but not
+/// the command key gets nothing run; a rotation re-pins the agent with a command signed
+/// by the old key; and with `ca.key` taken offline, commands still work while
+/// enrollment is refused without using up the token.
+#[test]
+fn the_command_key_is_pinned_rotated_and_outlives_a_stolen_ca_key() {
+    let (_dir, mut real, mut agent, srv, dest_dir) = rig();
+    let real_dir = real.data_dir.clone();
+    let quic_port = real.quic.port();
+    // The thief's copy, taken before the agent first connected: the CA key, the TLS
+    // keys and the database, but not the command key (it will make its own).
+    assert!(terminate(&mut real.child, Duration::from_secs(20)));
+    let thief_dir = real_dir.with_file_name("thief");
+    copy_dir(&real_dir, &thief_dir);
+    std::fs::remove_file(thief_dir.join("command.key")).unwrap();
+    let mut real = Coord::start(&real_dir, quic_port, 0, &[]);
+
+    // First contact: the agent pins the command key, signed by the CA it trusts.
+    agent.start();
+    real.wait_connected(&agent.id);
+    let first = wait_pinned(&real, &agent.id, None);
+    assert!(first.starts_with("sha256:") && first.len() == 71, "{first}");
+    let on_disk = pinned_key(&agent).expect("command-key.pub written");
+    assert_eq!(on_disk.len(), 130);
+    let pins = real.ctl(&["commands", "list", "--agent", &agent.id]);
+    let pin = pins["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "pin_command_key")
+        .cloned()
+        .expect("a pin command");
+    assert_eq!(pin["state"], "succeeded", "{pin}");
+    assert!(pin["message"].as_str().unwrap().contains(&first), "{pin}");
+    // Commands after the pin are signed with the command key and run.
+    let v = outcome(
+        &real,
+        &agent.id,
+        &json!({"ConfigUpdate": {"sample_interval_ms": 500, "batch_interval_s": null}}),
+    );
+    assert_finished(&v, "succeeded", "sample_interval_ms = 500");
+    // personactl cannot pin a key of its own choosing.
+    let out = real.ctl_output(&[
+        "commands",
+        "send",
+        "--agent",
+        &agent.id,
+        "--action",
+        &json!({"PinCommandKey": {"public_key": vec![4u8; 65]}}).to_string(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sent by the coordinator itself"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The thief answers on the coordinator's address with the CA key: its pin and its
+    // commands are signed by the CA, which the agent no longer accepts.
+    assert!(terminate(&mut real.child, Duration::from_secs(20)));
+    let thief = Coord::start(&thief_dir, quic_port, 0, &[]);
+    thief.wait_connected(&agent.id);
+    let data = body(5000);
+    srv.add("/data/x.bin", data.clone(), Mode::Normal);
+    let dest = dest_dir.join("x.bin");
+    let v = outcome(
+        &thief,
+        &agent.id,
+        &file_action(&srv, "/data/x.bin", &data, &dest),
+    );
+    assert_finished(&v, "failed", "does not verify");
+    assert!(v["started_ms"].is_null(), "it never ran: {v}");
+    assert!(srv.hits().is_empty() && !dest.exists());
+    let thief_pin = thief.ctl(&["commands", "list", "--agent", &agent.id])["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "pin_command_key")
+        .cloned()
+        .expect("the thief tried to pin its key");
+    let thief_pin = thief.wait_command(thief_pin["id"].as_str().unwrap(), &["failed"]);
+    assert!(
+        thief_pin["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not verify"),
+        "{thief_pin}"
+    );
+    assert_eq!(pinned_key(&agent).as_deref(), Some(on_disk.as_str()));
+    drop(thief);
+
+    // Rotation, with the CA key offline from now on.
+    let out = std::process::Command::new(persona_tests::bin("persona-coordinator"))
+        .args(["rotate-command-key", "--data-dir"])
+        .arg(&real_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(printed.contains(&first), "{printed}");
+    std::fs::rename(
+        real_dir.join("ca.key"),
+        real_dir.with_file_name("ca.key.offline"),
+    )
+    .unwrap();
+    real = Coord::start(&real_dir, quic_port, 0, &[]);
+    real.wait_connected(&agent.id);
+    let second = wait_pinned(&real, &agent.id, Some(&first));
+    assert!(printed.contains(&second), "{printed}");
+    assert_ne!(pinned_key(&agent).as_deref(), Some(on_disk.as_str()));
+    let v = outcome(
+        &real,
+        &agent.id,
+        &json!({"ConfigUpdate": {"sample_interval_ms": 1000, "batch_interval_s": null}}),
+    );
+    assert_finished(&v, "succeeded", "sample_interval_ms = 1000");
+
+    // Enrollment needs the CA key: refused, and the token is not used up.
+    let (token, ca_hash) = real.token(&[]);
+    let out = real
+        .enroll_command(&real_dir.with_file_name("late-agent"), &token, &ca_hash)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("offline"), "{err}");
+    let tokens = real.ctl(&["token", "list"]);
+    let newest = &tokens["tokens"][0];
+    assert_eq!(newest["used"], 0, "{tokens}");
+    assert_eq!(real.status()["rejected"]["enrollment_offline"], 1);
     agent.kill();
 }

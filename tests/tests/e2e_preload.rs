@@ -307,12 +307,16 @@ fn plans_go_from_personactl_through_the_coordinator_to_the_agent() {
     );
     assert!(!v["personas"].as_array().unwrap().is_empty(), "{v}");
     eprintln!("plan from the belief: {v}");
-    assert!(
-        coord.ctl(&["commands", "list"])["commands"]
+    // Nothing but the coordinator's own key pin (sent on the agent's first connect).
+    let operator_commands = |c: &Coord| {
+        c.ctl(&["commands", "list", "--agent", &agent.id])["commands"]
             .as_array()
             .unwrap()
-            .is_empty()
-    );
+            .iter()
+            .filter(|c| c["kind"] != "pin_command_key")
+            .count()
+    };
+    assert_eq!(operator_commands(&coord), 0);
 
     // Sent: the agent's policy has apt off, so the whole plan is refused, nothing runs.
     let v = coord.ctl(&request);
@@ -346,8 +350,7 @@ fn plans_go_from_personactl_through_the_coordinator_to_the_agent() {
             && done["finished_ms"].is_i64()
     );
     assert_eq!(std::fs::read(&dest).unwrap(), data);
-    let list = coord.ctl(&["commands", "list", "--agent", &agent.id]);
-    assert_eq!(list["commands"].as_array().unwrap().len(), 2);
+    assert_eq!(operator_commands(&coord), 2);
 
     // A plan whose second file is served wrong fails at that step; a retry sends only
     // that step, and once the server is fixed it succeeds.

@@ -10,4 +10,4 @@ pub mod verify;
 
 pub use log::{COMMANDS_FILE, Claim, CommandError, CommandLog, model_granted_in};
 pub use runner::{LinkHooks, RunnerConfig, start};
-pub use verify::{Refusal, ca_der_from_pem, verify};
+pub use verify::{Anchor, Refusal, Trust, TrustError, ca_der_from_pem, key_fingerprint, verify};

@@ -28,7 +28,7 @@ use persona_shared::command::{
 use tokio::sync::{mpsc, watch};
 
 use super::log::{COMMANDS_FILE, Claim, CommandError, CommandLog, now_ms};
-use super::verify::{Refusal, ca_der_from_pem, claimed_id, verify};
+use super::verify::{Anchor, Refusal, Trust, ca_der_from_pem, claimed_id, key_fingerprint, verify};
 use crate::actuate::{self, GuestActuatorConfig};
 use crate::policy::Policy;
 use crate::preload;
@@ -139,6 +139,67 @@ fn lock_log(log: &Mutex<CommandLog>) -> std::sync::MutexGuard<'_, CommandLog> {
 }
 
 impl Runner {
+    /// What signs commands for this agent now. Read from disk at each command (they are
+    /// rare, and a pin changes it). An unreadable pin file trusts nothing: falling back
+    /// to the CA would undo the pin.
+    fn trust(&self) -> Option<Trust> {
+        match Trust::load(&self.cfg.state_dir, &self.ca_der) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!("cannot read the pinned command key: {e}");
+                None
+            }
+        }
+    }
+
+    /// Verifies a received command against the current anchor. The anchor before it is
+    /// accepted for one thing only: a repeated pin of the key already pinned (the
+    /// coordinator did not hear that the first one succeeded), which changes nothing.
+    fn check(&self, signed: &SignedCommand) -> Result<Command, Refusal> {
+        let trust = self.trust().ok_or(Refusal::BadSignature)?;
+        let now = now_ms();
+        match verify(&trust.current, signed, &self.cfg.agent_id, now) {
+            Err(Refusal::BadSignature) => {
+                let prev = trust.previous.as_ref().ok_or(Refusal::BadSignature)?;
+                let cmd = verify(prev, signed, &self.cfg.agent_id, now)?;
+                match &cmd.action {
+                    Action::PinCommandKey { public_key }
+                        if trust.current == Anchor::Key(public_key.clone()) =>
+                    {
+                        Ok(cmd)
+                    }
+                    _ => Err(Refusal::BadSignature),
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// Pins a command key, at once and in order: every command received after this one
+    /// is checked against the new key.
+    fn pin(&self, public_key: &[u8]) -> (CommandState, String) {
+        let fp = key_fingerprint(public_key);
+        let already = self
+            .trust()
+            .is_some_and(|t| t.current == Anchor::Key(public_key.to_vec()));
+        if already {
+            return (
+                CommandState::Succeeded,
+                format!("command key {fp} was already pinned"),
+            );
+        }
+        match Trust::pin(&self.cfg.state_dir, public_key) {
+            Ok(()) => {
+                tracing::info!(key = %fp, "pinned a new command key");
+                (CommandState::Succeeded, format!("pinned command key {fp}"))
+            }
+            Err(e) => (
+                CommandState::Failed,
+                format!("cannot pin command key {fp}: {e}"),
+            ),
+        }
+    }
+
     fn report(&self, u: CommandUpdate) {
         if self.updates.try_send(u).is_err() {
             tracing::debug!("command update queue full; dropped one update");
@@ -177,7 +238,19 @@ impl Runner {
         };
         for signed in pending {
             let id = claimed_id(&signed.body).unwrap_or_default();
-            match verify(&self.ca_der, &signed, &self.cfg.agent_id, now_ms()) {
+            // The plan was verified when it arrived and kept in our own 0600 file; one
+            // stored just before a pin was signed by the anchor the pin replaced.
+            let checked = self.trust().ok_or(Refusal::BadSignature).and_then(|t| {
+                verify(&t.current, &signed, &self.cfg.agent_id, now_ms()).or_else(|e| {
+                    match (&e, &t.previous) {
+                        (Refusal::BadSignature, Some(prev)) => {
+                            verify(prev, &signed, &self.cfg.agent_id, now_ms())
+                        }
+                        _ => Err(e),
+                    }
+                })
+            });
+            match checked {
                 Ok(cmd) => {
                     tracing::info!(id = %cmd.id, "resuming a pre-load after a restart");
                     self.report(update(
@@ -211,7 +284,7 @@ impl Runner {
         signed: SignedCommand,
         work: &mpsc::UnboundedSender<(Command, Arc<AtomicBool>)>,
     ) {
-        let cmd = match verify(&self.ca_der, &signed, &self.cfg.agent_id, now_ms()) {
+        let cmd = match self.check(&signed) {
             Ok(c) => c,
             Err(refusal) => {
                 let id = claimed_id(&signed.body);
@@ -267,6 +340,12 @@ impl Runner {
                     format!("{id} is not queued or running here"),
                 ),
             };
+            let _ = lock_log(&self.log).set_state(&cmd.id, state, Some(&msg));
+            self.report(update(&cmd.id, state, Some(msg)));
+            return;
+        }
+        if let Action::PinCommandKey { public_key } = &cmd.action {
+            let (state, msg) = self.pin(public_key);
             let _ = lock_log(&self.log).set_state(&cmd.id, state, Some(&msg));
             self.report(update(&cmd.id, state, Some(msg)));
             return;
@@ -453,10 +532,9 @@ fn execute(cmd: &Command, ctx: &ExecContext, cancel: &AtomicBool) -> (CommandSta
                 Err(e) => (CommandState::Failed, with_steps(e.to_string(), e.report())),
             }
         }
-        Action::Cancel { .. } => (
-            CommandState::Failed,
-            "a cancel is handled on receipt".into(),
-        ),
+        Action::Cancel { .. } | Action::PinCommandKey { .. } => {
+            (CommandState::Failed, "handled on receipt".into())
+        }
     }
 }
 

@@ -51,6 +51,8 @@ fn agent_json(a: &AgentInfo, connected: bool, full: bool) -> Value {
         "last_seen_ms": a.last_seen_ms,
         "committed_seq": a.committed_seq,
         "batches": a.batches,
+        // Which key signs its commands (null: the CA, before its first pin).
+        "command_key": a.command_key,
     });
     if full {
         v["facts"] = a.facts.clone().unwrap_or(Value::Null);

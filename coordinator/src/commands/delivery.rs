@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use persona_shared::command::CommandUpdate;
+use persona_shared::command::{Action, Command, CommandUpdate};
 use persona_shared::protocol::{self, CoordMsg};
 use persona_shared::wire::WireError;
 use quinn::SendStream;
@@ -20,7 +20,9 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::actuate::ActuatorBinding;
 use crate::commands::dispatch;
-use crate::commands::{apply_update, deliverable, expire_due, mark_sent};
+use crate::commands::{
+    PIN_KIND, apply_update, deliverable, expire_due, fail_unsignable, mark_sent, pin_if_needed,
+};
 use crate::pki::Pki;
 use crate::store::{self, Store};
 
@@ -100,7 +102,6 @@ pub fn open_session(
     let agent_id = agent_id.to_owned();
     tokio::spawn(async move {
         let (reg, wake) = hub.register(agent_key);
-        let key = pki.command_key();
         let mut sent: HashSet<String> = HashSet::new();
         // Resizes of a VM served by an outside actuator run in the coordinator
         // (`actuate::dispatch`) and are not the agent's to execute.
@@ -113,20 +114,26 @@ pub fn open_session(
             .unwrap_or(false)
         };
         loop {
-            let st = store.clone();
+            let (st, pk, aid) = (store.clone(), pki.clone(), agent_id.clone());
             let due =
-                tokio::task::spawn_blocking(move || deliverable(&st, agent_key, store::now_ms()))
-                    .await;
+                tokio::task::spawn_blocking(move || next_batch(&st, &pk, agent_key, &aid)).await;
             match due {
-                Ok(Ok(list)) => {
+                Ok(Ok((signer, list))) => {
                     for (id, body) in list {
                         if sent.contains(&id) || dispatch::runs_here(external, &body) {
                             continue;
                         }
-                        let signed = match crate::pki::signing::sign_body(&key, body) {
+                        let signed = match signer.as_ref().map_err(ToString::to_string).and_then(
+                            |k| crate::pki::signing::sign_body(k, body).map_err(|e| e.to_string()),
+                        ) {
                             Ok(s) => s,
                             Err(e) => {
-                                tracing::error!(%id, "cannot sign command: {e}");
+                                tracing::error!(%id, agent = %agent_id, "cannot sign command: {e}");
+                                let (st, id2) = (store.clone(), id.clone());
+                                let _ = tokio::task::spawn_blocking(move || {
+                                    fail_unsignable(&st, agent_key, &id2, &e)
+                                })
+                                .await;
                                 continue;
                             }
                         };
@@ -153,6 +160,34 @@ pub fn open_session(
         hub.unregister(agent_key, reg);
     });
     rx
+}
+
+/// A command key (PKCS#8) or why none can sign for this agent.
+type Signer = Result<Vec<u8>, crate::pki::PkiError>;
+/// Commands to send: (id, body).
+type Due = Vec<(String, Vec<u8>)>;
+
+/// What to send an agent now, and the key to sign it with: its pin first if it needs
+/// one, and while a pin is on its way only the pin, since what follows must be signed
+/// with the key the agent will trust once the pin is done.
+fn next_batch(
+    store: &Store,
+    pki: &Pki,
+    agent_key: i64,
+    agent_id: &str,
+) -> Result<(Signer, Due), crate::commands::CommandError> {
+    if let Some(id) = pin_if_needed(store, pki, agent_key, agent_id)? {
+        tracing::info!(%id, agent = %agent_id, key = %pki.command_keys().current_fingerprint(), "command key pin queued");
+    }
+    let now = store::now_ms();
+    let mut list = deliverable(store, agent_key, now)?;
+    if store.has_live_command(agent_key, PIN_KIND, now)? {
+        list.retain(|(_, body)| {
+            Command::decode(body).is_ok_and(|c| matches!(c.action, Action::PinCommandKey { .. }))
+        });
+    }
+    let pinned = store.agent_command_key(agent_key)?;
+    Ok((pki.command_signer(pinned.as_deref()), list))
 }
 
 /// Why the control stream's loop ended.
@@ -200,14 +235,24 @@ where
     }
 }
 
-/// Handles `AgentMsg::CommandUpdate` from an authenticated agent.
-pub async fn on_update(store: &Arc<Store>, agent_key: i64, agent_id: &str, u: CommandUpdate) {
+/// Handles `AgentMsg::CommandUpdate` from an authenticated agent. A final state wakes
+/// the agent's delivery: what waited behind a key pin goes now.
+pub async fn on_update(
+    store: &Arc<Store>,
+    hub: &Hub,
+    agent_key: i64,
+    agent_id: &str,
+    u: CommandUpdate,
+) {
     let store = store.clone();
     let id = u.id.clone();
     let state = u.state;
     match tokio::task::spawn_blocking(move || apply_update(&store, agent_key, &u)).await {
         Ok(Ok(true)) => {
             tracing::info!(%id, agent = %agent_id, state = state.as_str(), "command update");
+            if state.is_final() {
+                hub.wake(agent_key);
+            }
         }
         Ok(Ok(false)) => {
             tracing::debug!(%id, agent = %agent_id, "stale or foreign command update ignored")

@@ -13,8 +13,11 @@
 //! expired (so whatever a dropped connection lost goes again), then waits for a wake-up
 //! from [`Hub::wake`] (on submission through the API) or a one-second tick (for
 //! submissions that only had the store, such as the engine's), and sends what is new.
-//! Each body is signed with the CA key at sending time (`signing`). The agent remembers
-//! ids, so a repeat is acknowledged with its known state and never run twice.
+//! Each body is signed at sending time (`signing`) with the key the agent trusts: the
+//! command key it pinned, or the CA key before the first pin. An agent whose pin is not
+//! the current command key gets a `PinCommandKey` first ([`pin_if_needed`]), and nothing
+//! else until that one is final. The agent remembers ids, so a repeat is acknowledged
+//! with its known state and never run twice.
 //!
 //! What it is not: the agent side (`persona_agent::commands`), signing (`signing`) or
 //! what a pre-load plan contains (`preload`).
@@ -30,6 +33,7 @@ use persona_shared::command::{
 };
 use serde::Serialize;
 
+use crate::pki::Pki;
 use crate::store::{self, CommandProgress, NewCommand, Store, StoreError};
 
 pub use crate::store::CommandRow;
@@ -42,6 +46,13 @@ pub const TTL_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600);
 /// Most commands a list returns.
 pub const MAX_LIST: usize = 1000;
+/// How long a key pin may wait for its agent. Short, because everything else for the
+/// agent waits behind it: an agent that is away gets a fresh pin when it is back.
+const PIN_TTL: Duration = Duration::from_secs(600);
+/// How long after a refused pin the same pin is tried again.
+const PIN_RETRY_MS: i64 = 3600 * 1000;
+/// The kind of the command that pins a command key.
+pub const PIN_KIND: &str = "pin_command_key";
 
 /// Errors of the command channel.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +92,23 @@ fn rank(s: CommandState) -> u8 {
 /// within a second by the delivery task's poll, at once if the caller also calls
 /// `delivery::Hub::wake`. This is what the engine calls for auto-mode resizes.
 pub fn submit(
+    store: &Store,
+    agent_id: &str,
+    action: Action,
+    ttl: Duration,
+) -> Result<String, CommandError> {
+    if matches!(action, Action::PinCommandKey { .. }) {
+        // Only the coordinator's own keys may be pinned (see `pin_if_needed`): a pin of
+        // any other key would leave the agent trusting a key nobody here holds.
+        return Err(CommandError::Invalid(
+            "PinCommandKey is sent by the coordinator itself".into(),
+        ));
+    }
+    store_new(store, agent_id, action, ttl)
+}
+
+/// Stores a checked action as a new pending command.
+fn store_new(
     store: &Store,
     agent_id: &str,
     action: Action,
@@ -225,7 +253,14 @@ pub fn apply_update(
     let text =
         |s: &Option<String>, n: usize| s.as_ref().map(|x| x.chars().take(n).collect::<String>());
     let (step, message) = (text(&u.step, 300), text(&u.message, 4000));
+    // A pin that succeeded changes which key signs this agent's commands from now on.
+    let pins = if u.state == CommandState::Succeeded {
+        pinned_by(store, &u.id)?
+    } else {
+        None
+    };
     let progress = CommandProgress {
+        pins: pins.as_deref(),
         state: u.state,
         at_ms: store::now_ms(),
         delivered: rank(u.state) >= 1,
@@ -241,6 +276,78 @@ pub fn apply_update(
     // A successful cancel command finishes the command it cancelled only when the agent
     // reports that one; nothing more to do here.
     Ok(store.advance_command(&u.id, agent_key, allowed, &progress)?)
+}
+
+/// The fingerprint a command pins, if it is a `PinCommandKey`.
+fn pinned_by(store: &Store, id: &str) -> Result<Option<String>, CommandError> {
+    let Some(row) = store.get_command(id)? else {
+        return Ok(None);
+    };
+    if row.kind != PIN_KIND {
+        return Ok(None);
+    }
+    Ok(match serde_json::from_value::<Action>(row.action) {
+        Ok(Action::PinCommandKey { public_key }) => {
+            Some(crate::pki::command_keys::fingerprint(&public_key))
+        }
+        _ => None,
+    })
+}
+
+/// Queues a `PinCommandKey` of the current command key for an agent that pins another
+/// key or none, unless one is already on its way or it could not be signed (the agent
+/// trusts only the CA and the CA key is offline). Returns the new command's id.
+pub fn pin_if_needed(
+    store: &Store,
+    pki: &Pki,
+    agent_key: i64,
+    agent_id: &str,
+) -> Result<Option<String>, CommandError> {
+    let keys = pki.command_keys();
+    let pinned = store.agent_command_key(agent_key)?;
+    if pinned.as_deref() == Some(keys.current_fingerprint())
+        || store.has_live_command(agent_key, PIN_KIND, store::now_ms())?
+        || pki.command_signer(pinned.as_deref()).is_err()
+    {
+        return Ok(None);
+    }
+    let action = Action::PinCommandKey {
+        public_key: keys.current_public().to_vec(),
+    };
+    // An agent that refused this pin (a release without pinning, a hostile one) is
+    // asked again an hour later, not at every wake-up of its delivery task.
+    if let Some((id, state, _)) = store.latest_command_for(agent_id, &action)? {
+        let refused = CommandState::parse(&state) == Some(CommandState::Failed);
+        let recent = store
+            .get_command(&id)?
+            .is_some_and(|c| store::now_ms() - c.updated_ms < PIN_RETRY_MS);
+        if refused && recent {
+            return Ok(None);
+        }
+    }
+    store_new(store, agent_id, action, PIN_TTL).map(Some)
+}
+
+/// Marks a command the coordinator cannot sign for its agent as failed, with why.
+pub fn fail_unsignable(
+    store: &Store,
+    agent_key: i64,
+    id: &str,
+    reason: &str,
+) -> Result<bool, CommandError> {
+    let message = format!("not sent: {reason}");
+    let progress = CommandProgress {
+        state: CommandState::Failed,
+        at_ms: store::now_ms(),
+        delivered: false,
+        finished: true,
+        step: None,
+        bytes: None,
+        percent: None,
+        message: Some(&message),
+        pins: None,
+    };
+    Ok(store.advance_command(id, agent_key, |cur| !cur.is_final(), &progress)?)
 }
 
 /// Commands to (re)send to an agent: not final and not expired, oldest first.

@@ -89,6 +89,14 @@ pub(super) async fn enrollment(conn: Connection, ing: Arc<Ingest>) {
             return;
         }
     };
+    // Checked before the token, so a refused enrollment does not use it up.
+    if let Err(e) = ing.app.pki.can_enroll() {
+        ing.app.stats.reject("enrollment_offline");
+        ing.log.warn("enrollment_offline", peer, &e);
+        reject(&mut tx, RejectCode::Internal, e.to_string(), max).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        return;
+    }
     let agent_id = match pki::random_hex(8) {
         Ok(h) => format!("a-{h}"),
         Err(e) => {

@@ -301,7 +301,14 @@ async fn handle_stream(
                 return;
             }
             AgentMsg::CommandUpdate(u) => {
-                crate::commands::delivery::on_update(&ing.app.store, auth.key, &auth.id, u).await;
+                crate::commands::delivery::on_update(
+                    &ing.app.store,
+                    &ing.app.commands,
+                    auth.key,
+                    &auth.id,
+                    u,
+                )
+                .await;
             }
             AgentMsg::Event(mut e) => {
                 clean::event(&mut e);

@@ -4,7 +4,11 @@
 //! `--discovery-token-ca-cert-hash` idea), so no secret is baked into VM images.
 //! Revocation is not done with CRLs: the store keeps each agent certificate's
 //! fingerprint, and the server refuses revoked or unknown fingerprints after the handshake.
+//! Commands are signed by keys of their own (`command_keys`); the CA key is needed only
+//! to enroll, and the coordinator runs without it (enrollment off) when an operator keeps
+//! `ca.key` offline.
 
+pub mod command_keys;
 pub mod signing;
 
 use std::fs;
@@ -45,6 +49,13 @@ pub enum PkiError {
     BadPublicKey(String),
     #[error("client verifier: {0}")]
     Verifier(String),
+    #[error(
+        "the CA key is offline ({} is absent), so the coordinator cannot {what}",
+        path.display()
+    )]
+    CaOffline { path: PathBuf, what: &'static str },
+    #[error("no command key {0} is loaded (was its file in command-keys/ deleted?)")]
+    UnknownCommandKey(String),
     #[error(
         "{} has mode {mode:04o}: other users can read or change it, so the coordinator refuses to start. Fix: chmod {fix} {}",
         path.display(),
@@ -174,7 +185,10 @@ impl PublicKeyData for AgentKey {
 
 /// The loaded CA and server identity.
 pub struct Pki {
-    ca_key: KeyPair,
+    /// Absent when the operator keeps `ca.key` offline: enrollment is then refused.
+    ca_key: Option<KeyPair>,
+    ca_key_path: PathBuf,
+    commands: command_keys::CommandKeys,
     ca_der: CertificateDer<'static>,
     pub ca_pem: String,
     server_chain: Vec<CertificateDer<'static>>,
@@ -190,22 +204,29 @@ impl std::fmt::Debug for Pki {
 }
 
 impl Pki {
-    /// Loads the CA from `dir`, creating the CA and server certificate on first start.
+    /// Loads the CA from `dir`, creating the CA, the server certificate and the command
+    /// key on first start. When `ca.key` is absent but `ca.pem` and the server
+    /// certificate exist, the CA key is offline: the coordinator serves and signs
+    /// commands for agents that pinned the command key, and refuses enrollment.
     pub fn load_or_create(dir: &Path) -> Result<Self, PkiError> {
         let ca_key_path = dir.join("ca.key");
         let ca_pem_path = dir.join("ca.pem");
-        if !ca_key_path.exists() {
+        if !ca_key_path.exists() && !ca_pem_path.exists() {
             let key = KeyPair::generate()?;
             let cert = ca_params().self_signed(&key)?;
             write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
             write_private(&ca_pem_path, cert.pem().as_bytes())?;
         }
-        check_private(&ca_key_path)?;
-        let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
-        let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| PkiError::Parse {
-            path: ca_key_path.clone(),
-            reason: e.to_string(),
-        })?;
+        let ca_key = if ca_key_path.exists() {
+            check_private(&ca_key_path)?;
+            let pem = fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
+            Some(KeyPair::from_pem(&pem).map_err(|e| PkiError::Parse {
+                path: ca_key_path.clone(),
+                reason: e.to_string(),
+            })?)
+        } else {
+            None
+        };
         let ca_pem = fs::read_to_string(&ca_pem_path).map_err(io_err(&ca_pem_path))?;
         let ca_der =
             CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| PkiError::Parse {
@@ -226,7 +247,13 @@ impl Pki {
             let now = time::OffsetDateTime::now_utc();
             p.not_before = now - time::Duration::days(1);
             p.not_after = now + time::Duration::days(3650);
-            let cert = p.signed_by(&key, &Issuer::new(ca_params(), &ca_key))?;
+            let Some(ca_key) = &ca_key else {
+                return Err(PkiError::CaOffline {
+                    path: ca_key_path,
+                    what: "issue its server certificate (server.pem or server.key is missing)",
+                });
+            };
+            let cert = p.signed_by(&key, &Issuer::new(ca_params(), ca_key))?;
             write_private(&srv_key_path, key.serialize_pem().as_bytes())?;
             write_private(&srv_pem_path, cert.pem().as_bytes())?;
         }
@@ -241,8 +268,11 @@ impl Pki {
             path: srv_key_path.clone(),
             reason: e.to_string(),
         })?;
+        let commands = command_keys::CommandKeys::load_or_create(dir)?;
         Ok(Self {
             ca_key,
+            ca_key_path,
+            commands,
             server_chain: vec![srv_der, ca_der.clone()],
             ca_der,
             ca_pem,
@@ -266,6 +296,7 @@ impl Pki {
         // cannot be our agent's key, and a certificate for it would be garbage signed by
         // our CA.
         check_p256_point(public_key)?;
+        let ca_key = self.ca_key()?;
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name = DistinguishedName::new();
         p.distinguished_name.push(DnType::CommonName, agent_id);
@@ -276,15 +307,47 @@ impl Pki {
         p.not_after = now + time::Duration::days(AGENT_CERT_DAYS);
         let cert = p.signed_by(
             &AgentKey(public_key.to_vec()),
-            &Issuer::new(ca_params(), &self.ca_key),
+            &Issuer::new(ca_params(), ca_key),
         )?;
         Ok((cert.pem(), fingerprint(cert.der())))
     }
 
-    /// The key that signs commands (PKCS#8 DER; see `signing`). Today the CA key,
-    /// which agents already pin.
-    pub fn command_key(&self) -> Vec<u8> {
-        self.ca_key.serialize_der()
+    fn ca_key(&self) -> Result<&KeyPair, PkiError> {
+        self.ca_key.as_ref().ok_or_else(|| PkiError::CaOffline {
+            path: self.ca_key_path.clone(),
+            what: "enroll agents",
+        })
+    }
+
+    /// Whether agents can enroll (the CA key is here).
+    pub fn can_enroll(&self) -> Result<(), PkiError> {
+        self.ca_key().map(|_| ())
+    }
+
+    /// The command keys (current and retired).
+    pub fn command_keys(&self) -> &command_keys::CommandKeys {
+        &self.commands
+    }
+
+    /// The private key (PKCS#8 DER, see `signing`) to sign a command for an agent that
+    /// pinned the command key `pinned`, or that pinned none yet (`None`: the CA key,
+    /// which it trusts from enrollment).
+    pub fn command_signer(&self, pinned: Option<&str>) -> Result<Vec<u8>, PkiError> {
+        match pinned {
+            Some(fp) => self
+                .commands
+                .pkcs8(fp)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| PkiError::UnknownCommandKey(fp.to_owned())),
+            None => self
+                .ca_key
+                .as_ref()
+                .map(KeyPair::serialize_der)
+                .ok_or_else(|| PkiError::CaOffline {
+                    path: self.ca_key_path.clone(),
+                    what: "sign commands for an agent that has not pinned the command key",
+                }),
+        }
     }
 
     /// TLS 1.3 server configuration for QUIC: our chain, ALPN `persona/1`, and client
@@ -323,7 +386,13 @@ mod tests {
         let b = Pki::load_or_create(dir.path()).unwrap();
         assert_eq!(a.ca_hash(), b.ca_hash());
         assert!(a.ca_hash().starts_with("sha256:") && a.ca_hash().len() == 7 + 64);
-        for f in ["ca.key", "ca.pem", "server.key", "server.pem"] {
+        for f in [
+            "ca.key",
+            "ca.pem",
+            "server.key",
+            "server.pem",
+            "command.key",
+        ] {
             let mode = fs::metadata(dir.path().join(f))
                 .unwrap()
                 .permissions()
@@ -363,7 +432,10 @@ mod tests {
         p.not_before = now - time::Duration::days(400);
         p.not_after = now - time::Duration::days(35);
         let old = p
-            .signed_by(&key, &Issuer::new(ca_params(), &pki.ca_key))
+            .signed_by(
+                &key,
+                &Issuer::new(ca_params(), pki.ca_key.as_ref().unwrap()),
+            )
             .unwrap();
         let err = v
             .verify_client_cert(old.der(), &[], rustls::pki_types::UnixTime::now())

@@ -29,6 +29,8 @@ pub struct AgentInfo {
     pub facts: Option<serde_json::Value>,
     pub purpose: Option<serde_json::Value>,
     pub top_processes: Option<serde_json::Value>,
+    /// Fingerprint of the command key the agent pinned (None: it trusts the CA).
+    pub command_key: Option<String>,
 }
 
 /// Which agents a listing covers.
@@ -138,6 +140,19 @@ impl Store {
         Ok(u64::try_from(s).unwrap_or(0))
     }
 
+    /// The command key agent `key` pinned, if any.
+    pub fn agent_command_key(&self, key: i64) -> Result<Option<String>, StoreError> {
+        self.r()?
+            .query_row(
+                "SELECT command_key FROM agents WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(sql("agent command key"))
+    }
+
     /// Every agent, in enrollment order.
     pub fn list_agents(&self) -> Result<Vec<AgentInfo>, StoreError> {
         self.query_agents(Which::All)
@@ -155,7 +170,8 @@ impl Store {
         };
         let q = format!(
             "SELECT a.id, a.hostname, a.enrolled_ms, a.revoked_ms, a.last_seen_ms, a.committed_seq,
-                    (SELECT COUNT(*) FROM batches b WHERE b.agent = a.key), a.facts, a.purpose, a.procs
+                    (SELECT COUNT(*) FROM batches b WHERE b.agent = a.key), a.facts, a.purpose, a.procs,
+                    a.command_key
              FROM agents a {tail}"
         );
         let mut st = c.prepare(&q).map_err(sql("list agents"))?;
@@ -172,6 +188,7 @@ impl Store {
                 facts: json(r.get(7)?),
                 purpose: json(r.get(8)?),
                 top_processes: json(r.get(9)?),
+                command_key: r.get(10)?,
             })
         };
         let rows = match which {

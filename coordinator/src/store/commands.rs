@@ -62,6 +62,10 @@ pub struct CommandProgress<'a> {
     pub bytes: Option<i64>,
     pub percent: Option<f64>,
     pub message: Option<&'a str>,
+    /// When the change makes the command `succeeded`, the agent now pins this command
+    /// key: recorded in the same transaction, so the coordinator never signs with a key
+    /// the agent has left (or the reverse).
+    pub pins: Option<&'a str>,
 }
 
 /// A pending command waiting to be claimed.
@@ -244,6 +248,13 @@ impl Store {
             ],
         )
         .map_err(sql("apply update"))?;
+        if let Some(fp) = p.pins.filter(|_| p.state == CommandState::Succeeded) {
+            tx.execute(
+                "UPDATE agents SET command_key = ?2 WHERE key = ?1",
+                params![agent_key, fp],
+            )
+            .map_err(sql("record pinned command key"))?;
+        }
         tx.commit().map_err(sql("update commit"))?;
         Ok(true)
     }
@@ -269,6 +280,24 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()
             .map_err(sql("deliverable"))?;
         Ok(rows)
+    }
+
+    /// Whether agent `agent_key` has a command of `kind` not final and not expired at
+    /// `now_ms`.
+    pub fn has_live_command(
+        &self,
+        agent_key: i64,
+        kind: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.r()?
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM commands WHERE agent = ?1 AND kind = ?2
+                    AND state IN ('pending', 'delivered', 'running') AND expires_ms >= ?3)",
+                params![agent_key, kind, now_ms],
+                |r| r.get(0),
+            )
+            .map_err(sql("live command"))
     }
 
     /// Notes that a command's body was written to a control stream.
