@@ -39,6 +39,30 @@ use std::sync::{Mutex, MutexGuard};
 use persona_shared::sqlite::{self, OpenOptions, SqliteError, Synchronous};
 use rusqlite::{Connection, OptionalExtension, params};
 
+/// Most batches one write may drop to make room before it gives up (the batch is then
+/// kept in memory, see the module comment).
+const MAX_DROPS_PER_WRITE: usize = 256;
+
+/// Runs a `DELETE ... RETURNING` to its end and returns its first row. Stepping to the
+/// end matters: the statement's implicit commit happens at the last step, and on a full
+/// disk that is where `SQLITE_FULL` comes; `query_row` stops after the first row, so a
+/// failed commit rolled the delete back without an error.
+fn delete_returning<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<T>> {
+    let mut st = c.prepare_cached(sql)?;
+    let mut rows = st.query(p)?;
+    let first = match rows.next()? {
+        Some(r) => Some(f(r)?),
+        None => None,
+    };
+    while rows.next()?.is_some() {}
+    Ok(first)
+}
+
 /// Unix mode of the outbox database and its WAL files: the VM's telemetry is private to
 /// the agent's user (the state dir is 0700 as well).
 pub const DB_MODE: u32 = 0o600;
@@ -261,41 +285,63 @@ impl Outbox {
         keep: Option<u64>,
         f: impl Fn(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, OutboxError> {
-        loop {
+        // Bounded, whatever the file system does: each pass deletes a batch for real.
+        for _ in 0..MAX_DROPS_PER_WRITE {
             match f(&self.conn) {
                 Ok(v) => return Ok(v),
                 Err(e) if sqlite::is_full(&e) => {
                     if !self.drop_oldest(keep)? {
-                        return Err(OutboxError::Full {
-                            path: self.path.clone(),
-                            seq: keep.unwrap_or(0),
-                        });
+                        break;
                     }
                 }
                 Err(e) => return Err(self.sq()(e)),
             }
         }
+        Err(OutboxError::Full {
+            path: self.path.clone(),
+            seq: keep.unwrap_or(0),
+        })
     }
 
     /// Deletes the oldest sealed batch other than `keep` to make room; false when there
     /// is none (or the delete itself does not fit).
     fn drop_oldest(&mut self, keep: Option<u64>) -> Result<bool, OutboxError> {
         let keep = to_i64(keep.unwrap_or(0), &self.path)?;
-        let r = self
+        // On a full disk the WAL is usually what holds the space (a passive checkpoint
+        // after each seal cannot shrink the file); moving it into the database and
+        // truncating it is the one write that frees disk instead of taking it. It may
+        // fail (a reader, or no room in the database file): then the delete below
+        // decides.
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        let oldest = self
             .conn
             .query_row(
-                "DELETE FROM batches WHERE seq = (SELECT MIN(seq) FROM batches WHERE sealed = 1 AND seq != ?1)
-                 RETURNING seq, LENGTH(frame)",
+                "SELECT seq, LENGTH(frame) FROM batches WHERE sealed = 1 AND seq != ?1
+                 ORDER BY seq LIMIT 1",
                 [keep],
                 |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
             )
             .optional();
-        let (seq, len) = match r {
+        let (seq, len) = match oldest {
             Ok(Some(row)) => row,
             Ok(None) => return Ok(false),
             Err(e) if sqlite::is_full(&e) => return Ok(false),
             Err(e) => return Err(self.sq()(e)),
         };
+        // `execute` runs the statement to its end, so a commit that does not fit on the
+        // disk is an error here (see `delete_returning`: a failed commit unseen dropped
+        // the same batch forever on a real full disk, at 100% CPU, holding the lock).
+        match self
+            .conn
+            .execute("DELETE FROM batches WHERE seq = ?1", [seq])
+        {
+            Ok(1) => {}
+            Ok(_) => return Ok(false),
+            Err(e) if sqlite::is_full(&e) => return Ok(false),
+            Err(e) => return Err(self.sq()(e)),
+        }
         let len = u64::try_from(len).unwrap_or(0);
         self.stored_bytes = self.stored_bytes.saturating_sub(len);
         self.unrecorded.push(("dropped_batches", 1));
@@ -331,12 +377,12 @@ impl Outbox {
         while let Some(&seq) = self.orphans.first() {
             let s = to_i64(seq, &self.path)?;
             let len: Option<i64> = self.write(None, |c| {
-                c.query_row(
+                delete_returning(
+                    c,
                     "DELETE FROM batches WHERE seq = ?1 AND sealed = 0 RETURNING LENGTH(frame)",
                     [s],
                     |r| r.get(0),
                 )
-                .optional()
             })?;
             if let Some(l) = len {
                 self.stored_bytes = self
@@ -489,13 +535,13 @@ impl Outbox {
         let mut dropped_bytes = 0u64;
         while self.stored_bytes > self.max_bytes {
             let oldest: Option<(i64, i64)> = self.write(None, |c| {
-                c.query_row(
+                delete_returning(
+                    c,
                     "DELETE FROM batches WHERE seq = (SELECT MIN(seq) FROM batches WHERE sealed = 1)
                      RETURNING seq, LENGTH(frame)",
                     [],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
-                .optional()
             })?;
             let Some((_, len)) = oldest else { break }; // only the open batch is left
             let len = u64::try_from(len).unwrap_or(0);
@@ -596,12 +642,12 @@ impl Outbox {
     fn delete_sealed(&mut self, seq: u64) -> Result<Option<u64>, OutboxError> {
         let s = to_i64(seq, &self.path)?;
         let len: Option<i64> = self.write(None, |c| {
-            c.query_row(
+            delete_returning(
+                c,
                 "DELETE FROM batches WHERE seq = ?1 AND sealed = 1 RETURNING LENGTH(frame)",
                 [s],
                 |r| r.get(0),
             )
-            .optional()
         })?;
         let len = len.map(|l| u64::try_from(l).unwrap_or(0));
         if let Some(l) = len {

@@ -10,13 +10,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use persona_tests::{Agent, Coord, bin, wait_for};
+use persona_tests::{Agent, Coord, bin, scrape, wait_for};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -169,18 +169,6 @@ fn cloud_init_user_data_passes_the_schema() {
     ] {
         assert!(text.contains(needed), "user-data lacks {needed}");
     }
-}
-
-/// `GET /metrics` over plain HTTP/1.0; returns (status line, body).
-fn scrape(addr: SocketAddr) -> Option<(String, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    Some((head.lines().next()?.to_owned(), body.to_owned()))
 }
 
 fn promtool_check(promtool: &Path, what: &str, text: &str) {
