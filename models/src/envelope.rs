@@ -88,7 +88,9 @@ pub(crate) fn open<B: DeserializeOwned>(
     Ok((body, actual))
 }
 
-/// Encodes `body` as the payload of a model file of this kind.
+/// Encodes `body` as the payload of a model file of this kind (training writes model
+/// files; an inference-only build, the agent's, has no use for it).
+#[cfg(any(feature = "train", test))]
 pub(crate) fn seal<B: Serialize>(body: &B, file: FileKind) -> Result<Vec<u8>, ModelError> {
     let payload = rmp_serde::to_vec_named(body).map_err(|e| ModelError::Encode {
         reason: format!("payload: {e}"),

@@ -26,6 +26,7 @@ pub mod mirror;
 pub mod mirror_data;
 #[cfg(feature = "train")]
 pub mod mirror_train;
+mod mlp;
 pub mod profiler;
 #[cfg(feature = "train")]
 pub mod rng;

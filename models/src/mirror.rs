@@ -5,7 +5,8 @@
 //! model built into the binary ([`Mirror::shipped`]) and later whatever the coordinator
 //! pushes ([`Mirror::from_bytes`] refuses anything damaged before burn sees it). The
 //! coordinator trains new ones (`mirror_train`, cargo feature `train`). The network is
-//! the profiler's small MLP (features -> hidden, ReLU -> one logit per persona -> softmax).
+//! the one the profiler uses too ([`crate::mlp`]: features -> hidden, ReLU -> one logit per
+//! persona -> softmax).
 //!
 //! What it is not: feature extraction (shared, so both sides agree), storage of the model
 //! on the agent (agent `model_store`) or the decision what to do with the distribution.
@@ -19,11 +20,7 @@
 //! SHA-256: it names the weights, so two coordinators that train the same model agree on
 //! its version, and a model cannot claim another's version.
 
-use burn::module::Module;
-use burn::prelude::{Device, Tensor, TensorData};
-use burn::store::ModuleRecord;
-use burn::tensor::Bytes;
-use burn::tensor::activation::softmax;
+use burn::prelude::Device;
 use persona_shared::window::FEATURE_DIM;
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +28,7 @@ use crate::ModelError;
 /// Lower-case hex, as model checksums are shown.
 pub use crate::envelope::hex;
 use crate::envelope::{self, FileKind, sha256};
-use crate::profiler::{Mlp, inference_device};
+use crate::mlp::{Mlp, check_shape, inference_device, renormalize};
 
 /// The `kind` string of a mirror model file.
 pub const MODEL_KIND: &str = "persona-mirror";
@@ -47,7 +44,6 @@ const FILE: FileKind = FileKind {
     what: "mirror model file",
 };
 const MAX_HIDDEN: usize = 1024;
-const MAX_SLUGS: usize = 1024;
 
 /// The model that ships inside the binary; produced by
 /// `cargo run --release -p persona-models --features train --example train_mirror -- --out models/assets/mirror.bin`.
@@ -118,29 +114,10 @@ impl Mirror {
                 body.feature_dim
             )));
         }
-        if body.slugs.is_empty() || body.slugs.len() > MAX_SLUGS {
-            return Err(invalid(format!(
-                "{} personas (need 1..={MAX_SLUGS})",
-                body.slugs.len()
-            )));
-        }
-        let mut seen = std::collections::HashSet::new();
-        if let Some(s) = body.slugs.iter().find(|s| !seen.insert(s.as_str())) {
-            return Err(invalid(format!("persona {s:?} listed twice")));
-        }
-        if body.hidden == 0 || body.hidden > MAX_HIDDEN {
-            return Err(invalid(format!(
-                "hidden size {} outside 1..={MAX_HIDDEN}",
-                body.hidden
-            )));
-        }
+        check_shape(&body.slugs, body.hidden, MAX_HIDDEN)?;
         let device = inference_device();
         let dims = [FEATURE_DIM, body.hidden, body.slugs.len()];
-        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(body.module))
-            .map_err(|source| ModelError::Weights { source })?;
-        let model = Mlp::zeros(dims, &device)
-            .try_load_record(record)
-            .map_err(|source| ModelError::Weights { source })?;
+        let model = Mlp::load(dims, body.module, &device)?;
         let mirror = Mirror {
             slugs: body.slugs,
             model,
@@ -185,32 +162,7 @@ impl Mirror {
 
     /// Probabilities for `n` feature rows laid out one after the other.
     pub fn predict_rows(&self, x: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
-        if x.len() != n * FEATURE_DIM {
-            return Err(ModelError::Inference {
-                reason: format!("{} values for {n} rows of {FEATURE_DIM}", x.len()),
-            });
-        }
-        let t = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [n, FEATURE_DIM]), &self.device);
-        softmax(self.model.forward(t), 1)
-            .try_into_vec_as::<f32>()
-            .map_err(|e| ModelError::Inference {
-                reason: format!("{e:?}"),
-            })
-    }
-}
-
-fn renormalize(p: &mut [f32]) {
-    for v in p.iter_mut() {
-        if !v.is_finite() || *v < 0.0 {
-            *v = 0.0;
-        }
-    }
-    let sum: f32 = p.iter().sum();
-    if sum > 0.0 && sum.is_finite() {
-        p.iter_mut().for_each(|v| *v /= sum);
-    } else if !p.is_empty() {
-        let u = 1.0 / p.len() as f32;
-        p.iter_mut().for_each(|v| *v = u);
+        self.model.probabilities(x, n, FEATURE_DIM, &self.device)
     }
 }
 
@@ -222,18 +174,12 @@ pub(crate) fn encode(
     meta: MirrorMeta,
     model: Mlp,
 ) -> Result<Vec<u8>, ModelError> {
-    let module = model
-        .into_record()
-        .into_bytes()
-        .map_err(|e| ModelError::Encode {
-            reason: format!("burn record: {e}"),
-        })?;
     let body = Body {
         slugs: slugs.to_vec(),
         feature_dim: FEATURE_DIM,
         hidden,
         meta,
-        module: module.to_vec(),
+        module: model.into_module_bytes()?,
     };
     envelope::seal(&body, FILE)
 }

@@ -19,17 +19,13 @@
 //! so a damaged file (checksum), another kind of file (kind) or a newer format (version) is
 //! refused with a clear error before burn sees any of it.
 
-use burn::module::{Module, Param, ParamId};
-use burn::nn::Linear;
-use burn::prelude::{Device, Tensor, TensorData};
-use burn::store::ModuleRecord;
-use burn::tensor::Bytes;
-use burn::tensor::activation::{relu, softmax};
+use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 use crate::envelope::{self, FileKind, hex};
 use crate::features::{FeatureConfig, Featurizer, MAX_INPUT_BYTES, MAX_SOFTWARE};
+use crate::mlp::{Mlp, check_shape, inference_device, renormalize};
 
 pub use crate::corpus::{Example, shipped_corpus};
 
@@ -48,8 +44,6 @@ const FILE: FileKind = FileKind {
 };
 /// Largest hidden layer accepted from a model file.
 const MAX_HIDDEN: usize = 4096;
-/// Most personas a model may have.
-const MAX_SLUGS: usize = 1024;
 
 /// The model that ships inside the binary; produced by
 /// `cargo run --release -p persona-models --features train --example train_profiler -- --out models/assets/profiler.bin --seed 42`.
@@ -92,75 +86,6 @@ struct Body {
     module: Vec<u8>,
 }
 
-/// The network: features -> hidden (ReLU) -> logits.
-#[derive(Module, Debug)]
-pub(crate) struct Mlp {
-    pub(crate) hidden: Linear,
-    pub(crate) output: Linear,
-}
-
-impl Mlp {
-    /// Builds the network from explicit weights (row layout: `[d_input, d_output]`). Param ids
-    /// are fixed so that the same weights always give the same file bytes.
-    pub(crate) fn from_weights(
-        dims: [usize; 3],
-        w1: Vec<f32>,
-        b1: Vec<f32>,
-        w2: Vec<f32>,
-        b2: Vec<f32>,
-        device: &Device,
-    ) -> Self {
-        let [d_in, d_hidden, d_out] = dims;
-        let param2 = |data: Vec<f32>, shape: [usize; 2], id: u64| {
-            let mut p =
-                Param::from_tensor(Tensor::<2>::from_data(TensorData::new(data, shape), device));
-            p.id = ParamId::from(id);
-            p
-        };
-        let param1 = |data: Vec<f32>, id: u64| {
-            let n = data.len();
-            let mut p =
-                Param::from_tensor(Tensor::<1>::from_data(TensorData::new(data, [n]), device));
-            p.id = ParamId::from(id);
-            p
-        };
-        Self {
-            hidden: Linear {
-                weight: param2(w1, [d_in, d_hidden], 1),
-                bias: Some(param1(b1, 2)),
-            },
-            output: Linear {
-                weight: param2(w2, [d_hidden, d_out], 3),
-                bias: Some(param1(b2, 4)),
-            },
-        }
-    }
-
-    /// A zero network of the right shape, to load a record into.
-    pub(crate) fn zeros(dims: [usize; 3], device: &Device) -> Self {
-        let [d_in, d_hidden, d_out] = dims;
-        Self::from_weights(
-            dims,
-            vec![0.0; d_in * d_hidden],
-            vec![0.0; d_hidden],
-            vec![0.0; d_hidden * d_out],
-            vec![0.0; d_out],
-            device,
-        )
-    }
-
-    /// Logits for a batch `[n, d_in]`.
-    pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.output.forward(relu(self.hidden.forward(x)))
-    }
-
-    /// Logits with a dropout mask (already scaled by 1/(1-p)) applied to the hidden layer.
-    #[cfg(feature = "train")]
-    pub(crate) fn forward_masked(&self, x: Tensor<2>, mask: Tensor<2>) -> Tensor<2> {
-        self.output.forward(relu(self.hidden.forward(x)) * mask)
-    }
-}
-
 /// A loaded profiler model, ready to predict. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Profiler {
@@ -170,11 +95,6 @@ pub struct Profiler {
     device: Device,
     meta: ModelMeta,
     sha256: [u8; 32],
-}
-
-/// The CPU device inference runs on (flex: pure Rust, single-threaded in our build).
-pub(crate) fn inference_device() -> Device {
-    Device::flex()
 }
 
 impl Profiler {
@@ -188,31 +108,10 @@ impl Profiler {
         let (body, actual): (Body, _) = envelope::open(bytes, FILE)?;
         let invalid = |reason: String| ModelError::Invalid { reason };
         body.features.validate().map_err(invalid)?;
-        if body.slugs.is_empty() || body.slugs.len() > MAX_SLUGS {
-            return Err(invalid(format!(
-                "{} personas (need 1..={MAX_SLUGS})",
-                body.slugs.len()
-            )));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for s in &body.slugs {
-            if !seen.insert(s.as_str()) {
-                return Err(invalid(format!("persona {s:?} listed twice")));
-            }
-        }
-        if body.hidden == 0 || body.hidden > MAX_HIDDEN {
-            return Err(invalid(format!(
-                "hidden size {} outside 1..={MAX_HIDDEN}",
-                body.hidden
-            )));
-        }
+        check_shape(&body.slugs, body.hidden, MAX_HIDDEN)?;
         let device = inference_device();
         let dims = [body.features.dims(), body.hidden, body.slugs.len()];
-        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(body.module))
-            .map_err(|source| ModelError::Weights { source })?;
-        let model = Mlp::zeros(dims, &device)
-            .try_load_record(record)
-            .map_err(|source| ModelError::Weights { source })?;
+        let model = Mlp::load(dims, body.module, &device)?;
         Ok(Profiler {
             slugs: body.slugs,
             featurizer: Featurizer::new(body.features),
@@ -278,36 +177,11 @@ impl Profiler {
     /// Probabilities for `n` feature rows laid out one after the other (used by evaluation).
     pub(crate) fn predict_batch(&self, x: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
         let d = self.featurizer.config().dims();
-        let t = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [n, d]), &self.device);
-        let probs = softmax(self.model.forward(t), 1);
-        probs
-            .try_into_vec_as::<f32>()
-            .map_err(|e| ModelError::Inference {
-                reason: format!("{e:?}"),
-            })
+        self.model.probabilities(x, n, d, &self.device)
     }
 
     pub(crate) fn featurizer(&self) -> &Featurizer {
         &self.featurizer
-    }
-}
-
-/// Makes `p` a probability vector: non-finite or negative entries become 0, then it is
-/// scaled to sum 1 (uniform if nothing is left).
-fn renormalize(p: &mut [f32]) {
-    for v in p.iter_mut() {
-        if !v.is_finite() || *v < 0.0 {
-            *v = 0.0;
-        }
-    }
-    let sum: f32 = p.iter().sum();
-    if sum > 0.0 && sum.is_finite() {
-        for v in p.iter_mut() {
-            *v /= sum;
-        }
-    } else if !p.is_empty() {
-        let u = 1.0 / p.len() as f32;
-        p.iter_mut().for_each(|v| *v = u);
     }
 }
 
@@ -343,18 +217,12 @@ pub(crate) fn encode_model(
     meta: ModelMeta,
     model: Mlp,
 ) -> Result<Vec<u8>, ModelError> {
-    let module = model
-        .into_record()
-        .into_bytes()
-        .map_err(|e| ModelError::Encode {
-            reason: format!("burn record: {e}"),
-        })?;
     let body = Body {
         slugs: slugs.to_vec(),
         features: features.clone(),
         hidden,
         meta,
-        module: module.to_vec(),
+        module: model.into_module_bytes()?,
     };
     envelope::seal(&body, FILE)
 }

@@ -25,7 +25,8 @@ use crate::ModelError;
 use crate::corpus::Example;
 use crate::eval::{Evaluation, evaluate_features};
 use crate::features::{FeatureConfig, Featurizer};
-use crate::profiler::{Mlp, ModelMeta, Profiler, encode_model, inference_device};
+use crate::mlp::{Mlp, inference_device};
+use crate::profiler::{ModelMeta, Profiler, encode_model};
 use crate::rng::Rng;
 
 /// What a training run measured.
