@@ -136,6 +136,9 @@ pub const RETENTION_DAYS: std::ops::RangeInclusive<i64> = 1..=3650;
 pub const MAX_FRAME_BYTES: std::ops::RangeInclusive<i64> = 1024..=(64 << 20);
 pub const API_MAX_CONNECTIONS: std::ops::RangeInclusive<i64> = 1..=65_536;
 pub const API_HEADER_TIMEOUT_S: std::ops::RangeInclusive<i64> = 1..=300;
+pub const AGENT_MAX_CONNECTIONS: std::ops::RangeInclusive<i64> = 1..=64;
+pub const AGENT_INGEST_BYTES_PER_S: std::ops::RangeInclusive<i64> = 128..=(1 << 30);
+pub const FRAME_TIMEOUT_S: std::ops::RangeInclusive<i64> = 1..=600;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +174,12 @@ pub struct CoordConfig {
     /// Seconds an HTTP client may take to send a request's headers (and an idle
     /// keep-alive connection is kept).
     pub api_header_timeout_s: u32,
+    /// Connections one agent may hold at once; a new one closes the oldest.
+    pub agent_max_connections: u32,
+    /// Batch bytes one agent may send per second (burst: 8 s worth).
+    pub agent_ingest_bytes_per_s: u32,
+    /// Seconds a frame may take from its header to its last byte, control streams too.
+    pub frame_timeout_s: u32,
     /// Instance catalogue for sizing; None = the built-in one.
     pub catalogue: Option<PathBuf>,
     /// Which resize actuator serves which VM (`[[actuator]]`); VMs without an entry
@@ -194,6 +203,9 @@ impl Default for CoordConfig {
             metrics_require_token: false,
             api_max_connections: 256,
             api_header_timeout_s: 10,
+            agent_max_connections: 4,
+            agent_ingest_bytes_per_s: 1 << 20,
+            frame_timeout_s: 30,
             catalogue: None,
             actuator: Vec::new(),
             engine: crate::engine::EngineConfig::default(),
@@ -297,6 +309,24 @@ impl CoordConfig {
                 API_HEADER_TIMEOUT_S,
                 "1..=300",
             ),
+            (
+                "agent_max_connections",
+                i64::from(self.agent_max_connections),
+                AGENT_MAX_CONNECTIONS,
+                "1..=64",
+            ),
+            (
+                "agent_ingest_bytes_per_s",
+                i64::from(self.agent_ingest_bytes_per_s),
+                AGENT_INGEST_BYTES_PER_S,
+                "128..=1073741824",
+            ),
+            (
+                "frame_timeout_s",
+                i64::from(self.frame_timeout_s),
+                FRAME_TIMEOUT_S,
+                "1..=600",
+            ),
         ];
         for (key, v, range, allowed) in ranges {
             if !range.contains(&v) {
@@ -308,6 +338,15 @@ impl CoordConfig {
                 "batch_interval_s",
                 self.batch_interval_s.to_string(),
                 "at least one sample interval",
+            ));
+        }
+        // The quota's burst is 8 s worth: a largest frame that did not fit it could never
+        // be sent, and the agent would retry it for ever.
+        if u64::from(self.agent_ingest_bytes_per_s) * 8 < u64::from(self.max_frame_bytes) {
+            return Err(bad(
+                "agent_ingest_bytes_per_s",
+                self.agent_ingest_bytes_per_s.to_string(),
+                "at least max_frame_bytes / 8 (the largest batch must fit the 8 s burst)",
             ));
         }
         if let Some(a) = &self.advertise
@@ -354,6 +393,12 @@ impl CoordConfig {
                         self.api_header_timeout_s,
                     )),
                     ..ApiLimits::default()
+                },
+                ingest_limits: IngestLimits {
+                    connections_per_agent: self.agent_max_connections as usize,
+                    agent_bytes_per_s: f64::from(self.agent_ingest_bytes_per_s),
+                    frame_timeout: std::time::Duration::from_secs(u64::from(self.frame_timeout_s)),
+                    ..IngestLimits::default()
                 },
                 ..ServerSettings::default()
             },
@@ -439,6 +484,27 @@ pub const COORDINATOR_KEYS: &[KeyDoc] = &[
         default: Some("10"),
         allowed: "1..=300",
         meaning: "Seconds an HTTP client may take to send a request's headers; an idle keep-alive connection is closed after as long. A request body must then arrive within 30 s. No flag.",
+    },
+    KeyDoc {
+        key: "agent_max_connections",
+        ty: "integer",
+        default: Some("4"),
+        allowed: "1..=64",
+        meaning: "QUIC connections one agent (one enrolled identity) may hold at once; a new one closes the oldest. A real agent holds one; the rest is room for reconnects that overlap. No flag.",
+    },
+    KeyDoc {
+        key: "agent_ingest_bytes_per_s",
+        ty: "integer",
+        default: Some("1048576"),
+        allowed: "128..=1073741824, at least max_frame_bytes / 8",
+        meaning: "Batch bytes one agent may send per second, with a burst of 8 s worth. A batch over it is refused as retryable (`agent_quota` in the rejected counters); the agent keeps it and sends it later. A real agent sends a few KiB every batch interval, and a backlog after an outage drains at this rate. No flag.",
+    },
+    KeyDoc {
+        key: "frame_timeout_s",
+        ty: "integer",
+        default: Some("30"),
+        allowed: "1..=600",
+        meaning: "Seconds a protocol frame may take from its header to its last byte, on every stream including the control stream; a slower one is refused (`frame_stalled`) and the memory it held is freed. No flag.",
     },
     KeyDoc {
         key: "catalogue",

@@ -4,7 +4,9 @@
 //!   refused), and frames it stalls in the middle hold at most its connection's budget
 //!   until they time out; a real agent keeps streaming through all of it;
 //! - Initials from a spoofed source address do not spend that address's allowance, so
-//!   a real agent at that address still connects.
+//!   a real agent at that address still connects;
+//! - a frame stalled mid-body on the control stream itself is refused on that stream;
+//! - one agent over its ingest quota is told to retry later, and another is not.
 //!
 //! All traffic is on loopback (127.0.0.0/8); every loop is bounded in count and time.
 
@@ -237,4 +239,178 @@ fn spoofed_initials_do_not_lock_out_the_real_agent() {
         0,
         "spoofed Initials were counted against the address"
     );
+}
+
+/// A coordinator whose config file sets the QUIC bounds these tests exercise, so that
+/// they take seconds, not the defaults' half minute.
+fn coord_with(dir: &std::path::Path, config: &str) -> Coord {
+    let file = dir.join("coordinator.toml");
+    std::fs::write(&file, config).unwrap();
+    Coord::start(
+        &dir.join("coord"),
+        0,
+        0,
+        &["--config", file.to_str().unwrap()],
+    )
+}
+
+/// Reads frames from a control stream (commands pushed to the agent come first) until
+/// a `Reject`, at most 16 frames and 30 s.
+async fn next_reject(rx: &mut quinn::RecvStream) -> Result<protocol::Reject, String> {
+    for _ in 0..16 {
+        let read = persona_shared::wire::read_frame(rx, 1 << 20);
+        let body = tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .map_err(|_| "nothing within 30 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        match protocol::decode_body::<CoordMsg>(&body).map_err(|e| e.to_string())? {
+            CoordMsg::Reject(r) => return Ok(r),
+            _ => continue,
+        }
+    }
+    Err("no Reject among 16 frames".into())
+}
+
+/// A control stream (Hello answered by Welcome) that then stalls in the middle of a
+/// frame's body is refused on that stream once the frame timeout has passed, and its
+/// bytes are counted as stalled; the agent can connect again afterwards.
+#[test]
+fn a_frame_stalled_on_the_control_stream_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = coord_with(dir.path(), "frame_timeout_s = 2\n");
+    let ca_pem = coord.data_dir.join("ca.pem");
+    let (token, ca_hash) = coord.token(&[]);
+    let agent = Agent::enroll(dir.path(), "staller", &coord, &token, &ca_hash);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let connect = || async {
+            let ep = endpoint(
+                "127.0.0.1:0".parse().unwrap(),
+                &ca_pem,
+                Some(identity(&agent.state_dir)),
+                protocol::ALPN,
+            );
+            let c = rawquic::connect_with(&ep, coord.quic).await.unwrap();
+            (ep, c)
+        };
+        let (_ep, c) = connect().await;
+        let (answer, mut tx, mut rx) = open_control(&c).await.unwrap();
+        assert!(matches!(answer, CoordMsg::Welcome(_)), "{answer:?}");
+        // The header of a 64 KiB frame and 100 bytes of its body, then nothing.
+        let mut partial = (64u32 << 10).to_be_bytes().to_vec();
+        partial.extend_from_slice(&[0u8; 100]);
+        tx.write_all(&partial).await.unwrap();
+        let r = next_reject(&mut rx).await.unwrap();
+        assert!(
+            r.message.contains("did not arrive within 2 s"),
+            "{}",
+            r.message
+        );
+        assert_eq!(r.code, protocol::RejectCode::BadMessage);
+        drop((tx, rx));
+        // The identity is not locked out: a new connection is welcomed.
+        let (_ep2, c2) = connect().await;
+        let (answer, _tx, _rx) = open_control(&c2).await.unwrap();
+        assert!(matches!(answer, CoordMsg::Welcome(_)), "{answer:?}");
+    });
+    assert!(rejected(&coord, "frame_stalled") >= 1);
+}
+
+/// A batch of about `kib` KiB with a current timestamp and no series (the bytes are in
+/// the instance names, which nothing references).
+fn padded_batch(seq: u64, kib: usize) -> AgentMsg {
+    let mut ts = Vec::new();
+    let now_ms = (now_s() * 1000.0) as i64;
+    persona_shared::codec::encode_timestamps(&[now_ms], &mut ts);
+    AgentMsg::Batch(protocol::Batch {
+        seq,
+        timestamps: ts,
+        instances: (0..kib)
+            .map(|i| format!("{i:04}{}", "x".repeat(1020)))
+            .collect(),
+        index: vec![],
+        data: vec![],
+        procs: vec![],
+        mirror: None,
+    })
+}
+
+/// One agent that sends faster than its ingest quota is answered retry-later (its
+/// batches stay its own to resend) while another agent's batch is acknowledged at the
+/// same moment; once the quota has refilled, the refused batch is acknowledged.
+#[test]
+fn an_agent_over_its_ingest_quota_is_told_to_retry_and_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16 KiB/s with a 128 KiB burst; frames up to 128 KiB.
+    let coord = coord_with(
+        dir.path(),
+        "agent_ingest_bytes_per_s = 16384\nmax_frame_bytes = 131072\n",
+    );
+    let ca_pem = coord.data_dir.join("ca.pem");
+    let (token, ca_hash) = coord.token(&["--uses", "2"]);
+    let greedy = Agent::enroll(dir.path(), "greedy", &coord, &token, &ca_hash);
+    let other = Agent::enroll(dir.path(), "other", &coord, &token, &ca_hash);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = rawquic::connect(
+            coord.quic,
+            &ca_pem,
+            Some(identity(&greedy.state_dir)),
+            protocol::ALPN,
+        )
+        .await
+        .unwrap();
+        // Twelve 20 KiB batches at once: about six fit the burst.
+        let (mut acked, mut refused) = (Vec::new(), Vec::new());
+        for seq in 1..=12u64 {
+            match rawquic::exchange(&c, &frame(&padded_batch(seq, 20))).await {
+                Ok(CoordMsg::Ack { seq: s, .. }) if s == seq => acked.push(seq),
+                Ok(CoordMsg::Reject(r)) if r.message.contains("ingest quota") => {
+                    // Retryable: the agent keeps the batch (a permanent code would
+                    // make it delete the batch).
+                    assert_eq!(r.code, protocol::RejectCode::Internal, "{r:?}");
+                    refused.push(seq);
+                }
+                other => panic!("batch {seq}: {other:?}"),
+            }
+        }
+        assert!(!acked.is_empty() && acked[0] == 1, "acked {acked:?}");
+        assert!(refused.len() >= 3, "refused {refused:?}, acked {acked:?}");
+
+        // Another agent is not held back by the first one's quota.
+        let o = rawquic::connect(
+            coord.quic,
+            &ca_pem,
+            Some(identity(&other.state_dir)),
+            protocol::ALPN,
+        )
+        .await
+        .unwrap();
+        let answer = rawquic::exchange(&o, &frame(&padded_batch(1, 20))).await;
+        assert!(
+            matches!(answer, Ok(CoordMsg::Ack { seq: 1, .. })),
+            "{answer:?}"
+        );
+
+        // The first refused batch, sent again as the agent would, once 20 KiB have
+        // refilled (16 KiB/s): bounded to 20 attempts a second apart.
+        let again = refused[0];
+        let mut ok = false;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match rawquic::exchange(&c, &frame(&padded_batch(again, 20))).await {
+                Ok(CoordMsg::Ack { seq, .. }) if seq == again => {
+                    ok = true;
+                    break;
+                }
+                Ok(CoordMsg::Reject(r)) if r.message.contains("ingest quota") => continue,
+                other => panic!("batch {again} sent again: {other:?}"),
+            }
+        }
+        assert!(
+            ok,
+            "batch {again} was never acknowledged after the quota refilled"
+        );
+    });
+    assert!(rejected(&coord, "agent_quota") >= 3);
 }
