@@ -144,10 +144,18 @@ fn run(
     cfg.validate().map_err(|(key, message)| {
         format!("invalid configuration ({source}): key `{key}`: {message}")
     })?;
-    runtime()?
-        .block_on(async { persona_agent::daemon::run(cfg, shutdown_signal()).await })
-        .map_err(|e| e.to_string())
+    let rt = runtime()?;
+    let r = rt.block_on(async { persona_agent::daemon::run(cfg, shutdown_signal()).await });
+    // A command still running on a blocking thread (a download waiting on a slow server,
+    // an install) must not hold up the exit: dropping the runtime would wait for it, so
+    // `systemctl restart` would hang until systemd's stop timeout. Its plan stays in the
+    // command log as running, with its partial file, and resumes at the next start.
+    rt.shutdown_timeout(BLOCKING_EXIT_GRACE);
+    r.map_err(|e| e.to_string())
 }
+
+/// How long the exit waits for a command still running on a blocking thread.
+const BLOCKING_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,13 +1,14 @@
 //! Pre-load with real parts: files fetched from an HTTP server on loopback (right and
 //! wrong checksums, a download interrupted midway and resumed), policy and grammar
 //! refusals, a real `pip install` when this machine allows it, and a plan sent by
-//! `personactl preload` through a real coordinator to a real agent over QUIC. (The real
+//! `personactl preload` through a real coordinator to a real agent over QUIC, and a plan
+//! that resumes by itself after the real agent is restarted in the middle of it. (The real
 //! `apt-get install` of a plan is in `agent/tests/actuator_install.rs`, beside the one
 //! through the root helper, which shares its preparation.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -240,30 +241,40 @@ fn disallowed_urls_and_injection_attempts_are_refused_before_anything_runs() {
     assert!(e.contains("files.url_prefixes"), "{e}");
 }
 
+/// A coordinator, a file server on loopback and a started, connected agent whose policy
+/// allows files from the server's `/data/` into the returned directory.
+fn agent_fetching_files(dir: &Path) -> (Coord, Agent, FileServer, PathBuf) {
+    let coord = Coord::start(&dir.join("coord"), 0, 0, &[]);
+    let (token, ca_hash) = coord.token(&[]);
+    let mut agent = Agent::enroll(dir, "agent", &coord, &token, &ca_hash);
+    let srv = FileServer::start();
+    let dest_dir = dir.join("dest");
+    std::fs::create_dir(&dest_dir).unwrap();
+    agent.write_policy(&format!(
+        "[files]\nurl_prefixes = [\"http://{}/data/\"]\ndestinations = [{:?}]\nmax_bytes = 1000000\n",
+        srv.addr,
+        dest_dir.display().to_string()
+    ));
+    agent.start();
+    coord.wait_connected(&agent.id);
+    (coord, agent, srv, dest_dir)
+}
+
+/// A plan's file step, as `personactl commands send` takes it.
+fn file_json(srv: &FileServer, path: &str, data: &[u8], dest: &Path) -> Value {
+    serde_json::json!({"File": {"url": srv.url(path), "sha256": sha256_hex(data),
+        "size": data.len(), "dest": dest.display().to_string()}})
+}
+
 /// `personactl preload` plans from a persona and sends the plan; the agent's local
 /// policy refuses what it does not allow; a file plan is fetched by the real agent and
 /// shows in `personactl commands`.
 #[test]
 fn plans_go_from_personactl_through_the_coordinator_to_the_agent() {
     let dir = tempfile::tempdir().unwrap();
-    let coord = Coord::start(&dir.path().join("coord"), 0, 0, &[]);
-    let (token, ca_hash) = coord.token(&[]);
-    let mut agent = Agent::enroll(dir.path(), "agent", &coord, &token, &ca_hash);
-    let srv = FileServer::start();
+    let (coord, mut agent, srv, dest_dir) = agent_fetching_files(dir.path());
     let data = body(200_000);
     srv.add("/data/model.bin", data.clone(), Mode::Normal);
-    let dest_dir = dir.path().join("dest");
-    std::fs::create_dir(&dest_dir).unwrap();
-    agent.write_policy(&format!(
-            "[files]\nurl_prefixes = [\"http://{}/data/\"]\ndestinations = [{:?}]\nmax_bytes = 1000000\n",
-            srv.addr,
-        dest_dir.display().to_string()
-    ));
-    agent.start();
-    wait_for(Duration::from_secs(30), "agent connected", || {
-        let v = coord.ctl(&["agents", "list"]);
-        (v["agents"][0]["state"] == "connected").then_some(())
-    });
 
     // A dry run plans from the persona without sending anything.
     let dest = dest_dir.join("model.bin");
@@ -357,10 +368,7 @@ fn plans_go_from_personactl_through_the_coordinator_to_the_agent() {
     let late = body(50_000);
     srv.add("/data/late.bin", body(49_999), Mode::Normal);
     let late_dest = dest_dir.join("late.bin");
-    let step = |path: &str, data: &[u8], dest: &Path| {
-        serde_json::json!({"File": {"url": srv.url(path), "sha256": sha256_hex(data),
-            "size": data.len(), "dest": dest.display().to_string()}})
-    };
+    let step = |path: &str, data: &[u8], dest: &Path| file_json(&srv, path, data, dest);
     let action = serde_json::json!({"Preload": {"persona": null, "steps": [
         step("/data/model.bin", &data, &dest),
         step("/data/late.bin", &late, &late_dest),
@@ -390,6 +398,75 @@ fn plans_go_from_personactl_through_the_coordinator_to_the_agent() {
         !out.status.success() && err.contains("nothing to retry"),
         "{err}"
     );
+    agent.kill();
+}
+
+/// A plan running when the agent restarts (SIGTERM, as `systemctl restart` sends)
+/// resumes by itself once the agent is back: the step done before the restart is not
+/// run again, the download cut by the restart continues from its partial file, and the
+/// command ends `succeeded` with the steps saying so.
+#[test]
+fn a_preload_resumes_after_a_real_agent_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, mut agent, srv, dest_dir) = agent_fetching_files(dir.path());
+    let first = body(100_000);
+    let second = body(600_000);
+    srv.add("/data/first.bin", first.clone(), Mode::Normal);
+    // Half the body, then held until released: the agent is restarted meanwhile.
+    srv.add("/data/second.bin", second.clone(), Mode::Hold);
+
+    let (first_dest, second_dest) = (dest_dir.join("first.bin"), dest_dir.join("second.bin"));
+    let step = |path: &str, data: &[u8], dest: &Path| file_json(&srv, path, data, dest);
+    let action = serde_json::json!({"Preload": {"persona": null, "steps": [
+        step("/data/first.bin", &first, &first_dest),
+        step("/data/second.bin", &second, &second_dest),
+    ]}});
+    let id = coord.send_command(&agent.id, &action, None);
+    // The first file is in place and half of the second is in its partial file.
+    let partial = dest_dir.join(".second.bin.persona-part");
+    wait_for(Duration::from_secs(60), "half of the second file", || {
+        let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        (len >= 300_000).then_some(())
+    });
+    assert_eq!(std::fs::read(&first_dest).unwrap(), first);
+    assert_eq!(coord.command(&id)["state"], "running");
+
+    let child = agent.child.as_mut().unwrap();
+    assert!(
+        persona_tests::terminate(child, Duration::from_secs(30)),
+        "the agent did not stop cleanly on SIGTERM"
+    );
+    agent.child = None;
+    // Whatever the held connection still sends goes to a process that is gone; later
+    // requests are served whole.
+    srv.add("/data/second.bin", second.clone(), Mode::Normal);
+    srv.release();
+    assert!(partial.exists(), "the partial file is kept for the resume");
+    agent.start();
+
+    let done = coord.wait_command(&id, &["failed", "succeeded", "cancelled"]);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let msg = done["message"].as_str().unwrap();
+    assert!(msg.contains("1 done before a restart"), "{msg}");
+    assert!(msg.contains("resumed"), "{msg}");
+    assert_eq!(std::fs::read(&second_dest).unwrap(), second);
+    assert!(
+        !partial.exists(),
+        "the partial file is gone once the file is in place"
+    );
+    // The first file was fetched once; the second asked only for what it lacked.
+    assert_eq!(srv.hits_of("/data/first.bin").len(), 1);
+    let hits = srv.hits_of("/data/second.bin");
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    assert_eq!(hits[0].range, None);
+    let from: u64 = hits[1]
+        .range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the resumed request names where to start: {hits:?}"));
+    assert!((300_000..600_000).contains(&from), "resumed from {from}");
     agent.kill();
 }
 
