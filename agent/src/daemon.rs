@@ -613,8 +613,10 @@ impl Sampler {
                     bytes = self.frame.len(),
                     "batch sealed"
                 );
-                self.sealed.notify_one();
             }
+            // Also when the disk refused it: the outbox keeps it in memory and offers
+            // it to the link like a stored one.
+            self.sealed.notify_one();
         }
         self.builder.clear();
         self.open_seq = None;

@@ -28,6 +28,16 @@
 //! unsealed on disk while the agent runs. Counters that cannot be written for lack of
 //! space are kept in memory and written with the next successful write.
 //!
+//! Deleting a batch the coordinator acknowledged (or refused for good) needs space too:
+//! SQLite writes the delete to the WAL first. On a disk that is 100% full such a delete is
+//! never paid for with an unsent batch. The batch is marked settled in memory instead: it
+//! is not offered again and does not count as pending, and its row is deleted, and
+//! counted, as soon as a write finds room, first of all when a write needs room. The
+//! sealed batches kept in memory are offered to the link like stored ones, and an
+//! acknowledged one is simply forgotten: so while the coordinator is reachable, a disk
+//! that stays 100% full loses nothing that the link keeps up with. A restart forgets the
+//! marks; the rows are then sent again and the coordinator answers them as duplicates.
+//!
 //! This module knows nothing about the network or about what a batch contains.
 //!
 //! The daemon shares one outbox between the sampling thread, the link and the health
@@ -133,6 +143,10 @@ pub struct Outbox {
     unrecorded: Vec<(&'static str, u64)>,
     /// `next_seq` was advanced in memory but not yet persisted (disk full).
     next_seq_dirty: bool,
+    /// Batches acknowledged or refused for good whose delete the full disk refused:
+    /// seq -> the counter their delete adds to. Never sent again; deleted first when
+    /// there is room (see the module comment).
+    settled: std::collections::BTreeMap<u64, &'static str>,
 }
 
 const SCHEMA: &str = "
@@ -213,6 +227,7 @@ impl Outbox {
             orphans: Vec::new(),
             unrecorded: Vec::new(),
             next_seq_dirty: false,
+            settled: std::collections::BTreeMap::new(),
         };
         // Defensive: the counter must be above every stored batch even if meta was lost.
         let above = u64::try_from(max_seq).unwrap_or(0) + 1;
@@ -303,10 +318,35 @@ impl Outbox {
         })
     }
 
+    /// The oldest stored sealed batch that is still unsent: not `keep`, not settled.
+    fn oldest_unsent(&self, keep: Option<u64>) -> Result<Option<i64>, OutboxError> {
+        let keep = to_i64(keep.unwrap_or(0), &self.path)?;
+        let n = i64::try_from(self.settled.len() + 1).unwrap_or(i64::MAX);
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT seq FROM batches WHERE sealed = 1 AND seq != ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(self.sq())?;
+        let rows = st
+            .query_map([keep, n], |r| r.get::<_, i64>(0))
+            .map_err(self.sq())?;
+        for row in rows {
+            let seq = row.map_err(self.sq())?;
+            if !self.settled.contains_key(&u64::try_from(seq).unwrap_or(0)) {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
+    }
+
     /// Deletes the oldest sealed batch other than `keep` to make room; false when there
     /// is none (or the delete itself does not fit).
     fn drop_oldest(&mut self, keep: Option<u64>) -> Result<bool, OutboxError> {
-        let keep = to_i64(keep.unwrap_or(0), &self.path)?;
+        // Rows already delivered make room before any unsent batch does.
+        if self.delete_settled()? {
+            return Ok(true);
+        }
         // On a full disk the WAL is usually what holds the space (a passive checkpoint
         // after each seal cannot shrink the file); moving it into the database and
         // truncating it is the one write that frees disk instead of taking it. It may
@@ -315,33 +355,28 @@ impl Outbox {
         let _ = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        let oldest = self
-            .conn
-            .query_row(
-                "SELECT seq, LENGTH(frame) FROM batches WHERE sealed = 1 AND seq != ?1
-                 ORDER BY seq LIMIT 1",
-                [keep],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-            )
-            .optional();
-        let (seq, len) = match oldest {
-            Ok(Some(row)) => row,
+        let seq = match self.oldest_unsent(keep) {
+            Ok(Some(seq)) => seq,
+            Ok(None) => return Ok(false),
+            Err(OutboxError::Sqlite { source, .. }) if sqlite::is_full(&source) => {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        // Run to its end, so a commit that does not fit on the disk is an error here
+        // (see `delete_returning`: a failed commit unseen dropped the same batch forever
+        // on a real full disk, at 100% CPU, holding the lock).
+        let len = match delete_returning(
+            &self.conn,
+            "DELETE FROM batches WHERE seq = ?1 AND sealed = 1 RETURNING LENGTH(frame)",
+            [seq],
+            |r| r.get::<_, i64>(0),
+        ) {
+            Ok(Some(len)) => len,
             Ok(None) => return Ok(false),
             Err(e) if sqlite::is_full(&e) => return Ok(false),
             Err(e) => return Err(self.sq()(e)),
         };
-        // `execute` runs the statement to its end, so a commit that does not fit on the
-        // disk is an error here (see `delete_returning`: a failed commit unseen dropped
-        // the same batch forever on a real full disk, at 100% CPU, holding the lock).
-        match self
-            .conn
-            .execute("DELETE FROM batches WHERE seq = ?1", [seq])
-        {
-            Ok(1) => {}
-            Ok(_) => return Ok(false),
-            Err(e) if sqlite::is_full(&e) => return Ok(false),
-            Err(e) => return Err(self.sq()(e)),
-        }
         let len = u64::try_from(len).unwrap_or(0);
         self.stored_bytes = self.stored_bytes.saturating_sub(len);
         self.unrecorded.push(("dropped_batches", 1));
@@ -357,6 +392,8 @@ impl Outbox {
     /// Writes what an earlier full disk left pending: counters, the sequence counter,
     /// orphaned unsealed rows and the sealed batches kept in memory, in that order.
     fn catch_up(&mut self) -> Result<(), OutboxError> {
+        // First what frees space: the rows of batches already delivered.
+        self.delete_settled()?;
         while let Some(&(key, n)) = self.unrecorded.first() {
             let v = i64::try_from(n).unwrap_or(i64::MAX);
             self.write(None, |c| {
@@ -531,19 +568,27 @@ impl Outbox {
 
     /// Deletes the oldest sealed batches while the outbox is over its bound.
     fn enforce_bound(&mut self) -> Result<(), OutboxError> {
+        // Delivered rows are not unsent batches: they go first, and are not counted as
+        // dropped.
+        if self.stored_bytes > self.max_bytes {
+            self.delete_settled()?;
+        }
         let mut dropped = 0u64;
         let mut dropped_bytes = 0u64;
         while self.stored_bytes > self.max_bytes {
-            let oldest: Option<(i64, i64)> = self.write(None, |c| {
+            // Only the open batch (or rows already delivered) left: nothing to drop.
+            let Some(seq) = self.oldest_unsent(None)? else {
+                break;
+            };
+            let oldest: Option<i64> = self.write(None, |c| {
                 delete_returning(
                     c,
-                    "DELETE FROM batches WHERE seq = (SELECT MIN(seq) FROM batches WHERE sealed = 1)
-                     RETURNING seq, LENGTH(frame)",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    "DELETE FROM batches WHERE seq = ?1 AND sealed = 1 RETURNING LENGTH(frame)",
+                    [seq],
+                    |r| r.get(0),
                 )
             })?;
-            let Some((_, len)) = oldest else { break }; // only the open batch is left
+            let Some(len) = oldest else { break };
             let len = u64::try_from(len).unwrap_or(0);
             self.stored_bytes = self.stored_bytes.saturating_sub(len);
             dropped += 1;
@@ -608,7 +653,9 @@ impl Outbox {
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, OutboxError> {
         let after = to_i64(after, &self.path)?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Settled rows are skipped below: ask for as many more.
+        let want = limit;
+        let limit = i64::try_from(limit.saturating_add(self.settled.len())).unwrap_or(i64::MAX);
         let mut stmt = self
             .conn
             .prepare_cached("SELECT seq, frame FROM batches WHERE sealed = 1 AND seq > ?1 ORDER BY seq LIMIT ?2")
@@ -621,13 +668,30 @@ impl Outbox {
         let mut out = Vec::new();
         for row in rows {
             let (seq, frame) = row.map_err(self.sq())?;
-            out.push((u64::try_from(seq).unwrap_or(0), frame));
+            let seq = u64::try_from(seq).unwrap_or(0);
+            if !self.settled.contains_key(&seq) && out.len() < want {
+                out.push((seq, frame));
+            }
+        }
+        // Then what the full disk refused, kept in memory: newer than every stored
+        // sealed batch, since batches are sealed in order.
+        let after = u64::try_from(after).unwrap_or(0);
+        for (seq, frame) in &self.unwritten {
+            if *seq > after && out.len() < want {
+                out.push((*seq, frame.clone()));
+            }
         }
         Ok(out)
     }
 
     /// The stored frame of sealed batch `seq`, if it is still in the outbox.
     pub fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, OutboxError> {
+        if self.settled.contains_key(&seq) {
+            return Ok(None);
+        }
+        if let Some((_, frame)) = self.unwritten.iter().find(|(s, _)| *s == seq) {
+            return Ok(Some(frame.clone()));
+        }
         let s = to_i64(seq, &self.path)?;
         self.conn
             .query_row(
@@ -639,41 +703,113 @@ impl Outbox {
             .map_err(self.sq())
     }
 
-    fn delete_sealed(&mut self, seq: u64) -> Result<Option<u64>, OutboxError> {
+    /// Deletes sealed batch `seq`, which the coordinator has answered for good, and adds
+    /// one to `counter`; false when it is not (or no longer) in the outbox. On a full
+    /// disk, after one checkpoint to free the WAL, the batch is marked settled instead
+    /// (see the module comment): making room by dropping an unsent batch to delete a
+    /// delivered one would lose data for nothing.
+    fn settle(&mut self, seq: u64, counter: &'static str) -> Result<bool, OutboxError> {
+        if self.settled.contains_key(&seq) {
+            return Ok(true);
+        }
+        // A batch the disk refused, delivered from memory: forget it. Its unsealed row,
+        // if the open batch was stored, goes with the next write (like an orphan).
+        if let Some(i) = self.unwritten.iter().position(|(s, _)| *s == seq) {
+            self.unwritten.remove(i);
+            self.orphans.push(seq);
+            self.add_counter(counter, 1)?;
+            return Ok(true);
+        }
         let s = to_i64(seq, &self.path)?;
-        let len: Option<i64> = self.write(None, |c| {
-            delete_returning(
-                c,
+        for attempt in 0..2 {
+            match delete_returning(
+                &self.conn,
                 "DELETE FROM batches WHERE seq = ?1 AND sealed = 1 RETURNING LENGTH(frame)",
                 [s],
-                |r| r.get(0),
-            )
-        })?;
-        let len = len.map(|l| u64::try_from(l).unwrap_or(0));
-        if let Some(l) = len {
-            self.stored_bytes = self.stored_bytes.saturating_sub(l);
+                |r| r.get::<_, i64>(0),
+            ) {
+                Ok(Some(len)) => {
+                    let len = u64::try_from(len).unwrap_or(0);
+                    self.stored_bytes = self.stored_bytes.saturating_sub(len);
+                    self.add_counter(counter, 1)?;
+                    return Ok(true);
+                }
+                Ok(None) => return Ok(false),
+                Err(e) if sqlite::is_full(&e) && attempt == 0 => {
+                    let _ = self
+                        .conn
+                        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                }
+                Err(e) if sqlite::is_full(&e) => {}
+                Err(e) => return Err(self.sq()(e)),
+            }
         }
-        Ok(len)
+        // A read needs no space: is the batch there to settle?
+        let there = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM batches WHERE seq = ?1 AND sealed = 1",
+                [s],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(self.sq())?
+            .is_some();
+        if there {
+            tracing::warn!(
+                seq,
+                "outbox: the disk is full; batch {seq} is answered and will be deleted when there is room"
+            );
+            self.settled.insert(seq, counter);
+        }
+        Ok(there)
+    }
+
+    /// Deletes the rows of settled batches while the disk has room for it, oldest first,
+    /// counting each; true when at least one was deleted.
+    fn delete_settled(&mut self) -> Result<bool, OutboxError> {
+        let mut any = false;
+        while let Some((&seq, &counter)) = self.settled.first_key_value() {
+            let s = to_i64(seq, &self.path)?;
+            match delete_returning(
+                &self.conn,
+                "DELETE FROM batches WHERE seq = ?1 AND sealed = 1 RETURNING LENGTH(frame)",
+                [s],
+                |r| r.get::<_, i64>(0),
+            ) {
+                Ok(len) => {
+                    if let Some(len) = len {
+                        let len = u64::try_from(len).unwrap_or(0);
+                        self.stored_bytes = self.stored_bytes.saturating_sub(len);
+                        // Written with the next write that fits (catch_up), like every
+                        // counter the full disk held back.
+                        self.unrecorded.push((counter, 1));
+                        any = true;
+                    }
+                    self.settled.remove(&seq);
+                }
+                Err(e) if sqlite::is_full(&e) => break,
+                Err(e) => return Err(self.sq()(e)),
+            }
+        }
+        Ok(any)
+    }
+
+    /// Batches answered for good whose rows wait for room on the disk.
+    pub fn settled(&self) -> usize {
+        self.settled.len()
     }
 
     /// The coordinator committed batch `seq`: forget it. Returns whether it was stored
     /// (a second ack for the same batch is harmless).
     pub fn ack(&mut self, seq: u64) -> Result<bool, OutboxError> {
-        let found = self.delete_sealed(seq)?.is_some();
-        if found {
-            self.add_counter("acked_batches", 1)?;
-        }
-        Ok(found)
+        self.settle(seq, "acked_batches")
     }
 
     /// The coordinator refused batch `seq` for good (malformed, bad timestamps, too
     /// large): resending cannot help, so delete and count it.
     pub fn reject(&mut self, seq: u64) -> Result<bool, OutboxError> {
-        let found = self.delete_sealed(seq)?.is_some();
-        if found {
-            self.add_counter("rejected_batches", 1)?;
-        }
-        Ok(found)
+        self.settle(seq, "rejected_batches")
     }
 
     pub fn stats(&self) -> Result<OutboxStats, OutboxError> {
@@ -684,7 +820,10 @@ impl Outbox {
             })
             .map_err(self.sq())?;
         Ok(OutboxStats {
-            pending_batches: u64::try_from(pending).unwrap_or(0) + self.unwritten.len() as u64,
+            pending_batches: u64::try_from(pending)
+                .unwrap_or(0)
+                .saturating_sub(self.settled.len() as u64)
+                + self.unwritten.len() as u64,
             stored_bytes: self.stored_bytes,
             next_seq: self.next_seq,
             dropped_batches: self.counter("dropped_batches")?,
@@ -900,6 +1039,52 @@ mod tests {
         // The counters written late are on disk.
         let ob = Outbox::open(&dir.path().join("o.db"), 1 << 30).unwrap();
         assert_eq!(ob.stats().unwrap().dropped_batches, st.dropped_batches);
+    }
+
+    /// A full disk with the coordinator reachable: a sealed batch the disk refused is
+    /// offered to the link from memory, and once acknowledged it is forgotten (counted
+    /// as acked, never written later, its open row deleted with the next write).
+    #[test]
+    fn a_batch_kept_in_memory_is_sent_and_forgotten_once_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(&dir.path().join("o.db"), 1 << 30).unwrap();
+        let first = ob.reserve_seq().unwrap();
+        ob.seal(first, &frame(100, 1)).unwrap();
+        let s = ob.reserve_seq().unwrap();
+        ob.put_open(s, &frame(10, 2)).unwrap();
+        let pages: i64 = ob
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        set_max_pages(&ob, pages);
+        // Too large for the database that cannot grow; the first batch is dropped
+        // for room and the new one is still refused: kept in memory.
+        assert!(ob.seal(s, &frame(200_000, 2)).is_err());
+        assert_eq!(ob.unwritten(), 1);
+        assert_eq!(ob.pending(10).unwrap(), vec![(s, frame(200_000, 2))]);
+        assert_eq!(ob.pending_after(s, 10).unwrap(), vec![]);
+        assert_eq!(ob.get(s).unwrap(), Some(frame(200_000, 2)));
+        let before = ob.stats().unwrap();
+        assert!(ob.ack(s).unwrap());
+        assert!(!ob.ack(s).unwrap(), "a second ack finds nothing");
+        assert_eq!(ob.unwritten(), 0);
+        assert_eq!(ob.pending(10).unwrap(), vec![]);
+        assert_eq!(ob.get(s).unwrap(), None);
+        let after = ob.stats().unwrap();
+        assert_eq!(after.pending_batches, 0);
+        assert_eq!(after.acked_batches, before.acked_batches + 1);
+        assert_eq!(after.dropped_batches, before.dropped_batches);
+        // Room again: the acked batch is not written, its open row is gone.
+        set_max_pages(&ob, 1_000_000);
+        let t = ob.reserve_seq().unwrap();
+        ob.seal(t, &frame(50, 3)).unwrap();
+        assert_eq!(ob.pending(10).unwrap(), vec![(t, frame(50, 3))]);
+        assert_eq!(unsealed_rows(&ob), 0);
+        let rows: i64 = ob
+            .conn
+            .query_row("SELECT COUNT(*) FROM batches", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
     }
 
     /// Issue 18, item 9: the WAL does not grow until SQLite's automatic checkpoint

@@ -1,10 +1,12 @@
 //! Issue 18 item 9 on a real full disk: the agent's state directory on a tmpfs of a
 //! few pages, the coordinator away, so the outbox fills the file system. The agent must
 //! keep sampling and answering its metrics endpoint, drop the oldest batches and count
-//! them, and leave no batch unsealed: once there is room again and the coordinator is
-//! back, every sequence number up to the last one committed is either stored there or
-//! counted as dropped (the bug was a batch left unsealed and never sent, a gap nobody
-//! counted). Written against the real thing, this test also found the agent dropping
+//! them, and leave no batch unsealed: once the coordinator is back, with the disk
+//! still full, the outbox drains and every sequence number up to the last one committed
+//! is either stored there or counted as dropped (the bug was a batch left unsealed and
+//! never sent, a gap nobody counted; then, acknowledged batches that could not be
+//! deleted on the full disk, so the link went round resending them until an operator
+//! made room). Written against the real thing, this test also found the agent dropping
 //! the same batch forever at 100% CPU once the disk was truly full (a delete whose
 //! commit failed unseen), which SQLite's `max_page_count` in the unit test cannot show.
 //!
@@ -46,17 +48,6 @@ impl Tmpfs {
         );
         eprintln!("skipped: cannot mount a tmpfs here (not root?): {why}");
         None
-    }
-}
-
-impl Tmpfs {
-    fn grow(&self, size: &str) {
-        let st = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(st.success(), "remount {} to {size}", self.0.display());
     }
 }
 
@@ -182,11 +173,11 @@ fn a_full_disk_drops_the_oldest_batches_counts_them_and_leaves_none_unsealed() {
         },
     );
 
-    // The operator makes room (here: the tmpfs grows) and the coordinator is back:
-    // every sequence number is then stored at the coordinator or counted as dropped.
-    // (On a disk that stays 100% full the link cannot delete what the coordinator
-    // acknowledged, so it does not drain until there is room; see issue 18's note.)
-    disk.grow("2m");
+    // The coordinator is back and the disk stays full: the outbox still drains (an
+    // acknowledged batch whose delete does not fit is settled in memory, not resent,
+    // and its row is what makes room for the next batch), and every sequence number is
+    // then stored at the coordinator or counted as dropped. Before, the deletes of
+    // acknowledged batches failed here and the link went round resending them.
     let coord = Coord::start(&cdir, quic_port, 0, &[]);
     wait_or_explain(
         Duration::from_secs(90),
@@ -211,7 +202,29 @@ fn a_full_disk_drops_the_oldest_batches_counts_them_and_leaves_none_unsealed() {
                 .then_some((stored, dropped, committed))
         },
     );
-    eprintln!("after the disk was full: {stored} stored + {dropped} dropped = seq {committed}");
+    eprintln!(
+        "on the full disk, coordinator back: {stored} stored + {dropped} dropped = seq {committed}"
+    );
     assert!(dropped >= 3.0 && stored > 0.0);
+    // Nothing was dropped for the deletes: new batches keep coming and are stored.
+    let m = agent_metrics(maddr).unwrap();
+    let dropped_then = metric(&m, "persona_agent_outbox_dropped_batches_total").unwrap();
+    // The coordinator tells the agent its own batch interval (10 s): three more batches.
+    wait_or_explain(
+        Duration::from_secs(90),
+        "three more batches stored with the disk full",
+        &agent,
+        || {
+            let a = coord.ctl(&["agents", "show", &agent.id]);
+            (a["batches"].as_f64()? >= stored + 3.0).then_some(())
+        },
+    );
+    let m = agent_metrics(maddr).unwrap();
+    let dropped_now = metric(&m, "persona_agent_outbox_dropped_batches_total").unwrap();
+    assert!(
+        dropped_now <= dropped_then + 1.0,
+        "batches dropped while the link drained: {dropped_then} -> {dropped_now}"
+    );
+    drop(disk);
     agent.kill();
 }
