@@ -1,5 +1,6 @@
 //! Smoke test of `persona-loadgen` (issue 9): 50 simulated agents for 20 s against a real
-//! coordinator on loopback, and not one batch lost or stored twice.
+//! coordinator on loopback, and not one batch lost or stored twice, no reconnect, and
+//! every agent's command-key pin answered on its control stream as a real agent does.
 //!
 //! It checks the tool and the ingest path at a small scale on every CI run; the fleet
 //! figures themselves (10,000 agents, latency, memory) are benchmarks
@@ -59,7 +60,25 @@ fn fifty_agents_for_twenty_seconds_lose_nothing() {
     assert_eq!(doc["lost_batches"], 0, "{doc}");
     assert_eq!(doc["duplicated_or_unexpected_batches"], 0, "{doc}");
     assert_eq!(doc["errors"], 0, "{doc}");
+    assert_eq!(doc["reconnects"], 0, "{doc}");
     assert_eq!(doc["rejected"], 0, "{doc}");
+    // Each simulated agent read its control stream as a real one does: the command-key
+    // pin every agent gets at its first Hello was verified and answered, no model was
+    // pushed (Hello names the shipped model) and no command failed to verify.
+    assert_eq!(doc["control"]["key_pins_acked"], AGENTS, "{doc}");
+    assert_eq!(doc["control"]["model_pushes"], 0, "{doc}");
+    assert_eq!(doc["control"]["commands_bad"], 0, "{doc}");
+    let pins = coord.ctl(&["commands", "list", "--limit", "500"]);
+    let done = pins["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "pin_command_key" && c["state"] == "succeeded")
+        .count() as u64;
+    assert_eq!(
+        done, AGENTS,
+        "the coordinator saw every pin succeed: {pins}"
+    );
     // Every agent delivers at least one full 10 s batch in 20 s, and the coordinator's
     // own counters saw those values.
     let acked = doc["batches_acked"].as_u64().unwrap();

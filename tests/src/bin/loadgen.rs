@@ -4,11 +4,25 @@
 //! Each simulated agent has its own enrolled identity (real enrollment, cached in a file
 //! so reruns skip it), its own mutual-TLS connection, streams a persona-like shape of 40
 //! series at 1 Hz in 10 s batches with its own in-memory outbox (resend everything
-//! unacknowledged after a reconnect), and measures ack latency. Agents are spread over
+//! unacknowledged after a reconnect), and measures ack latency. On its control stream it
+//! behaves as `persona-agent` does (see "What a simulated agent does" below). Agents are
+//! spread over
 //! many loopback source addresses (127.0.x.y), as a fleet would be, so the coordinator's
 //! per-address connection limit applies as in production. At the end the tool checks
 //! with the coordinator's API that every acknowledged batch is stored exactly once, and
 //! reports the coordinator's CPU and RSS from /proc/PID.
+//!
+//! What a simulated agent does, compared with `persona-agent`:
+//! - the same frames on the wire: Hello (with the shipped mirror model's version, as a
+//!   fresh agent reports it), batches one stream each, and on the control stream every
+//!   pushed command verified (signature against the CA or the pinned command key, agent
+//!   id, expiry), answered `delivered` and then with its result; a command-key pin is
+//!   pinned in memory and answered `succeeded`, as the agent pins it on disk;
+//! - it runs no other command: a resize, pre-load, config update or model update is
+//!   answered `failed` ("the load generator runs no commands"), as an agent whose policy
+//!   allows nothing answers; a model push is counted, not loaded;
+//! - no sampling, no detectors, no mirror inference, no events, no disk outbox (its
+//!   outbox is in memory): the values are a synthetic persona-like shape.
 //!
 //! It is a benchmark tool, not a product: it trusts its own inputs and panics on set-up
 //! errors with a message.
@@ -23,8 +37,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::Method;
+use persona_agent::commands::verify::{Anchor, ca_der_from_pem, verify};
 use persona_coordinator::cli::client::Client;
 use persona_shared::codec;
+use persona_shared::command::{Action, Command, CommandState, CommandUpdate, SignedCommand};
 use persona_shared::metrics::{self, MetricDef};
 use persona_shared::protocol::{self, AgentMsg, Batch, CoordMsg, EnrollRequest, Hello};
 use serde::{Deserialize, Serialize};
@@ -210,6 +226,121 @@ struct Counters {
     errors: AtomicU64,
     connected: AtomicU64,
     rejected: AtomicU64,
+    /// Command-key pins received, verified and answered `succeeded`.
+    pins: AtomicU64,
+    /// Other commands received (answered `failed`, see the module comment).
+    commands_refused: AtomicU64,
+    /// Commands that did not verify.
+    commands_bad: AtomicU64,
+    /// Model pushes received (none expected: Hello names the shipped model).
+    model_pushes: AtomicU64,
+}
+
+/// What a simulated agent trusts to sign its commands: the CA until a pin, then the
+/// pinned key (and the anchor before it, for a repeated pin), as the agent's `Trust`.
+struct Trust {
+    current: Anchor,
+    previous: Option<Anchor>,
+}
+
+/// The answer to one pushed command, as the agent's runner gives it.
+fn on_command(
+    signed: &SignedCommand,
+    agent_id: &str,
+    trust: &mut Trust,
+    c: &Counters,
+) -> (String, CommandState, String) {
+    let now = now_ms();
+    let checked = match verify(&trust.current, signed, agent_id, now) {
+        Err(persona_agent::commands::verify::Refusal::BadSignature) => match &trust.previous {
+            Some(prev) => verify(prev, signed, agent_id, now).and_then(|cmd| match &cmd.action {
+                Action::PinCommandKey { public_key }
+                    if trust.current == Anchor::Key(public_key.clone()) =>
+                {
+                    Ok(cmd)
+                }
+                _ => Err(persona_agent::commands::verify::Refusal::BadSignature),
+            }),
+            None => Err(persona_agent::commands::verify::Refusal::BadSignature),
+        },
+        r => r,
+    };
+    match checked {
+        Ok(cmd) => match &cmd.action {
+            Action::PinCommandKey { public_key } => {
+                let key = Anchor::Key(public_key.clone());
+                if trust.current != key {
+                    trust.previous = Some(std::mem::replace(&mut trust.current, key));
+                }
+                c.pins.fetch_add(1, Ordering::Relaxed);
+                (cmd.id, CommandState::Succeeded, "pinned command key".into())
+            }
+            _ => {
+                c.commands_refused.fetch_add(1, Ordering::Relaxed);
+                (
+                    cmd.id,
+                    CommandState::Failed,
+                    "the load generator runs no commands".into(),
+                )
+            }
+        },
+        Err(refusal) => {
+            c.commands_bad.fetch_add(1, Ordering::Relaxed);
+            let id = Command::decode(&signed.body)
+                .map(|c| c.id)
+                .unwrap_or_default();
+            (id, CommandState::Failed, format!("refused: {refusal}"))
+        }
+    }
+}
+
+/// Reads the control stream until it ends, answering commands as the agent does:
+/// `delivered`, then the result, each a `CommandUpdate` on the same stream.
+async fn control_loop(
+    mut tx: quinn::SendStream,
+    mut rx: quinn::RecvStream,
+    agent_id: String,
+    trust: Arc<std::sync::Mutex<Trust>>,
+    c: Arc<Counters>,
+) {
+    let update = |id: &str, state, message: Option<String>| {
+        AgentMsg::CommandUpdate(CommandUpdate {
+            id: id.to_owned(),
+            state,
+            at_ms: now_ms(),
+            step: None,
+            bytes: None,
+            percent: None,
+            message,
+        })
+    };
+    while let Ok(msg) =
+        persona_shared::wire::read_msg::<CoordMsg, _>(&mut rx, 1 << 20, "control").await
+    {
+        match msg {
+            CoordMsg::Command(signed) => {
+                let (id, state, message) = {
+                    let mut t = trust.lock().expect("trust");
+                    on_command(&signed, &agent_id, &mut t, &c)
+                };
+                for m in [
+                    update(&id, CommandState::Delivered, None),
+                    update(&id, state, Some(message)),
+                ] {
+                    if persona_shared::wire::write_msg(&mut tx, &m, 1 << 20)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            CoordMsg::Model(_) => {
+                c.model_pushes.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A small persona-like generator: per-agent levels, a daily wave, noise and bursts.
@@ -307,6 +438,15 @@ struct AgentRun {
     acked: u64,
 }
 
+/// Aborts the task when dropped: a control loop lives as long as its connection's turn.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_agent(
     i: usize,
@@ -319,6 +459,7 @@ async fn run_agent(
     c: Arc<Counters>,
     lat: Arc<Mutex<Vec<u32>>>,
     batch_s: u64,
+    model_version: Arc<String>,
 ) -> AgentRun {
     tokio::time::sleep_until(start_at.into()).await;
     let p = Path::new("loadgen");
@@ -328,6 +469,11 @@ async fn run_agent(
         (ca_pem.as_bytes(), p),
     )
     .expect("mtls config");
+    let ca_der = ca_der_from_pem(ca_pem.as_bytes()).expect("CA certificate");
+    let trust = Arc::new(std::sync::Mutex::new(Trust {
+        current: Anchor::Ca(ca_der),
+        previous: None,
+    }));
     let defs = series_defs();
     let mut shape = Shape::new(i as u64 * 7919 + 17);
     let mut outbox: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
@@ -367,7 +513,7 @@ async fn run_agent(
             facts: Default::default(),
             purpose: None,
             last_seq: seq,
-            model_version: None,
+            model_version: Some(model_version.to_string()),
         });
         if persona_shared::wire::write_msg(&mut ctl_tx, &hello, 1 << 20)
             .await
@@ -384,6 +530,15 @@ async fn run_agent(
         }
         c.connected.fetch_add(1, Ordering::Relaxed);
         backoff = Duration::from_millis(500);
+        // Ends with the connection (its streams fail), or is aborted below.
+        let control = tokio::spawn(control_loop(
+            ctl_tx,
+            ctl_rx,
+            ident.agent_id.clone(),
+            trust.clone(),
+            c.clone(),
+        ));
+        let _control = AbortOnDrop(control);
         loop {
             // Deliver everything waiting, oldest first, one stream per batch.
             while let Some((s, frame)) = outbox.front() {
@@ -511,6 +666,8 @@ fn main() {
         let c = Arc::new(Counters::default());
         let lat = Arc::new(Mutex::new(Vec::<u32>::with_capacity(o.agents * (o.seconds as usize / 10 + 2))));
         let ca = Arc::new(ca_pem);
+        // What a freshly installed agent reports: the mirror model built into it.
+        let model_version = Arc::new(persona_agent::model_store::ModelHandle::open(None).expect("shipped mirror model").version());
         let t0 = Instant::now();
         let (cpu0, _) = proc_stat(pid);
         let (self0, _) = proc_stat(std::process::id());
@@ -518,7 +675,7 @@ fn main() {
         for (i, ident) in idents.into_iter().take(o.agents).enumerate() {
             let start_at = t0 + Duration::from_secs_f64(i as f64 / o.ramp);
             tasks.push(tokio::spawn(run_agent(
-                i, ident, ca.clone(), endpoints[i % o.source_ips].clone(), quic, start_at, stop.clone(), c.clone(), lat.clone(), o.batch_s,
+                i, ident, ca.clone(), endpoints[i % o.source_ips].clone(), quic, start_at, stop.clone(), c.clone(), lat.clone(), o.batch_s, model_version.clone(),
             )));
         }
         let ramp_s = o.agents as f64 / o.ramp;
@@ -600,6 +757,8 @@ fn main() {
             "errors": c.errors.load(Ordering::Relaxed),
             "agents_unfinished": unfinished,
             "rejected": c.rejected.load(Ordering::Relaxed),
+            "control": {"key_pins_acked": c.pins.load(Ordering::Relaxed), "commands_refused": c.commands_refused.load(Ordering::Relaxed),
+                        "commands_bad": c.commands_bad.load(Ordering::Relaxed), "model_pushes": c.model_pushes.load(Ordering::Relaxed)},
             "lost_batches": lost,
             "duplicated_or_unexpected_batches": extra,
             "coordinator": {"pid": pid, "cpu_pct_of_one_core": (cpu_end - st_cpu) / window * 100.0, "peak_rss_mib": peak_rss as f64 / 1048576.0},
