@@ -234,6 +234,20 @@ struct Counters {
     commands_bad: AtomicU64,
     /// Model pushes received (none expected: Hello names the shipped model).
     model_pushes: AtomicU64,
+    /// `errors` by where they happened: the handshake, Hello/Welcome, a batch exchange.
+    errors_handshake: AtomicU64,
+    errors_welcome: AtomicU64,
+    errors_batch: AtomicU64,
+}
+
+impl Counters {
+    /// Counts an error of one kind; the first few of each are printed, to say why.
+    fn error(&self, kind: &AtomicU64, what: &str, detail: &dyn std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if kind.fetch_add(1, Ordering::Relaxed) < 3 {
+            eprintln!("loadgen: {what}: {detail}");
+        }
+    }
 }
 
 /// What a simulated agent trusts to sign its commands: the CA until a pin, then the
@@ -500,9 +514,12 @@ async fn run_agent(
             Ok(c) => c.await,
             Err(_) => continue,
         };
-        let Ok(conn) = conn else {
-            c.errors.fetch_add(1, Ordering::Relaxed);
-            continue;
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                c.error(&c.errors_handshake, "handshake", &e);
+                continue;
+            }
         };
         let Ok((mut ctl_tx, mut ctl_rx)) = conn.open_bi().await else {
             continue;
@@ -523,8 +540,8 @@ async fn run_agent(
         }
         match persona_shared::wire::read_msg::<CoordMsg, _>(&mut ctl_rx, 1 << 20, "welcome").await {
             Ok(CoordMsg::Welcome(w)) => seq = seq.max(w.committed_seq),
-            _ => {
-                c.errors.fetch_add(1, Ordering::Relaxed);
+            other => {
+                c.error(&c.errors_welcome, "welcome", &format!("{other:?}"));
                 continue;
             }
         }
@@ -566,8 +583,8 @@ async fn run_agent(
                         c.rejected.fetch_add(1, Ordering::Relaxed);
                         outbox.pop_front();
                     }
-                    _ => {
-                        c.errors.fetch_add(1, Ordering::Relaxed);
+                    other => {
+                        c.error(&c.errors_batch, "batch", &format!("{other:?}"));
                         c.connected.fetch_sub(1, Ordering::Relaxed);
                         continue 'conn;
                     }
@@ -755,6 +772,8 @@ fn main() {
             "batches_acked": acked_total,
             "reconnects": c.reconnects.load(Ordering::Relaxed),
             "errors": c.errors.load(Ordering::Relaxed),
+            "errors_by_kind": {"handshake": c.errors_handshake.load(Ordering::Relaxed), "welcome": c.errors_welcome.load(Ordering::Relaxed),
+                               "batch": c.errors_batch.load(Ordering::Relaxed)},
             "agents_unfinished": unfinished,
             "rejected": c.rejected.load(Ordering::Relaxed),
             "control": {"key_pins_acked": c.pins.load(Ordering::Relaxed), "commands_refused": c.commands_refused.load(Ordering::Relaxed),
