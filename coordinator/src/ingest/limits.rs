@@ -32,6 +32,23 @@ impl<K: Eq + Hash> Buckets<K> {
     /// Takes `cost` tokens from `key`'s bucket; false (and nothing taken) when it has
     /// fewer.
     pub fn take(&self, key: K, cost: f64) -> bool {
+        self.with_tokens(key, |tokens| {
+            if *tokens >= cost {
+                *tokens -= cost;
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Whether `key`'s bucket holds `cost` tokens now, taking none: the question asked of
+    /// a source address that is only a claim (see `ingest::run`).
+    pub fn has(&self, key: K, cost: f64) -> bool {
+        self.with_tokens(key, |tokens| *tokens >= cost)
+    }
+
+    fn with_tokens(&self, key: K, f: impl FnOnce(&mut f64) -> bool) -> bool {
         let Ok(mut m) = self.buckets.lock() else {
             return false;
         };
@@ -43,12 +60,7 @@ impl<K: Eq + Hash> Buckets<K> {
         let (tokens, at) = m.entry(key).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
         *at = now;
-        if *tokens >= cost {
-            *tokens -= cost;
-            true
-        } else {
-            false
-        }
+        f(tokens)
     }
 }
 
@@ -99,6 +111,19 @@ impl FrameBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn asking_whether_a_bucket_has_tokens_takes_none() {
+        // A slow refill, so nothing comes back while the test runs.
+        let b = Buckets::new(0.001, 2.0);
+        for _ in 0..10 {
+            assert!(b.has("a", 1.0), "asking spends nothing");
+        }
+        assert!(b.take("a", 1.0));
+        assert!(b.take("a", 1.0));
+        assert!(!b.has("a", 1.0), "spent by take");
+        assert!(b.has("b", 2.0), "another key has its own bucket");
+    }
 
     #[test]
     fn a_bucket_refuses_past_its_burst_and_refills() {

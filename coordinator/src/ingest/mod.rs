@@ -17,7 +17,7 @@ pub mod writer;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -97,8 +97,10 @@ pub struct Ingest {
     pub app: Arc<App>,
     writer: Writer,
     pub(crate) log: LogLimiter,
-    /// New connections per validated source address (token bucket, burst of 4x).
+    /// New connections per proven source address (token bucket, burst of 4x).
     limiter: Buckets<IpAddr>,
+    /// Handshakes in flight from addresses not yet proven (no Retry answered).
+    unproven: Arc<AtomicUsize>,
     /// Bytes all frames still arriving may hold (`IngestLimits::frame_budget_bytes`).
     pub(crate) frames: FrameBudget,
     /// Batch bytes per agent key (`IngestLimits::agent_bytes_per_s`).
@@ -154,6 +156,7 @@ pub fn bind(
     let limits = &app.settings.ingest_limits;
     let ingest = Arc::new(Ingest {
         limiter: Buckets::new(rate, rate * 4.0),
+        unproven: Arc::new(AtomicUsize::new(0)),
         frames: FrameBudget::new(limits.frame_budget_bytes),
         quota: Buckets::new(limits.agent_bytes_per_s, limits.agent_bytes_per_s * 8.0),
         app,
@@ -181,23 +184,35 @@ pub async fn run(endpoint: quinn::Endpoint, ing: Arc<Ingest>, mut shutdown: watc
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 // The source of an Initial is only a claim until the peer answers a
-                // Retry: counting it before would let anyone who can spoof a UDP source
-                // spend a real agent's allowance (it never sees our Retry, so it never
-                // comes back validated).
-                if !incoming.remote_address_validated() {
+                // Retry or completes its handshake: counting it before would let anyone
+                // who can spoof a UDP source spend a real agent's allowance. A Retry on
+                // every connection, though, left about one handshake in 300 silent for
+                // 30 s during a 20,000-agent ramp (docs/BENCHMARKS.md, issue 30). So an
+                // unproven address is asked for a Retry only when it would matter: many
+                // unproven handshakes already in flight (each holds state until it
+                // completes or times out), or an allowance already spent. Otherwise the
+                // handshake runs and the address is charged once it has completed, which
+                // a spoofer cannot do.
+                let ip = incoming.remote_address().ip();
+                let proven = incoming.remote_address_validated();
+                if !proven
+                    && (ing.unproven.load(Ordering::Relaxed) >= UNPROVEN_HANDSHAKES_MAX
+                        || !ing.limiter.has(ip, 1.0))
+                {
                     if let Err(e) = incoming.retry() {
                         debug!("cannot ask for address validation: {e}");
                     }
                     continue;
                 }
-                let ip = incoming.remote_address().ip();
-                if !ing.limiter.take(ip, 1.0) {
+                if proven && !ing.limiter.take(ip, 1.0) {
                     ing.app.stats.reject("rate_limited");
                     ing.log.warn("rate_limited", incoming.remote_address(), &"too many new connections from this address");
                     incoming.refuse();
                     continue;
                 }
-                tokio::spawn(handle_connection(incoming, ing.clone()));
+                let unproven = (!proven).then(|| Unproven::count(&ing.unproven));
+                tokio::spawn(handle_connection(incoming, ing.clone(), unproven));
+                continue;
             }
             _ = shutdown.changed() => break,
         }
@@ -256,7 +271,32 @@ fn classify_handshake(e: &quinn::ConnectionError) -> &'static str {
     }
 }
 
-async fn handle_connection(incoming: quinn::Incoming, ing: Arc<Ingest>) {
+/// Unproven handshakes that may run at once before every new one is asked for a Retry: a
+/// ramp of 250 connections a second keeps a few in flight; a flood of spoofed Initials
+/// holds at most this many handshake states.
+const UNPROVEN_HANDSHAKES_MAX: usize = 256;
+
+/// One unproven handshake in flight, counted in `Ingest::unproven` until dropped.
+struct Unproven(Arc<AtomicUsize>);
+
+impl Unproven {
+    fn count(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(n.clone())
+    }
+}
+
+impl Drop for Unproven {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn handle_connection(
+    incoming: quinn::Incoming,
+    ing: Arc<Ingest>,
+    unproven: Option<Unproven>,
+) {
     let peer = incoming.remote_address();
     let conn = match incoming.accept() {
         Ok(connecting) => match connecting.await {
@@ -276,6 +316,23 @@ async fn handle_connection(incoming: quinn::Incoming, ing: Arc<Ingest>) {
             return;
         }
     };
+    // The handshake completed, so the address is proven: now it is charged.
+    if unproven.is_some() {
+        drop(unproven);
+        if !ing.limiter.take(peer.ip(), 1.0) {
+            ing.app.stats.reject("rate_limited");
+            ing.log.warn(
+                "rate_limited",
+                peer,
+                &"too many new connections from this address",
+            );
+            conn.close(
+                VarInt::from_u32(0x0F),
+                b"too many new connections from this address",
+            );
+            return;
+        }
+    }
     let cert = conn
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
