@@ -118,7 +118,7 @@ impl Default for ServerSettings {
             batch_interval_s: 10,
             retention_ms: 14 * 24 * 3600 * 1000,
             max_future_ms: 10 * 60 * 1000,
-            conn_rate_per_ip: 20.0,
+            conn_rate_per_ip: 200.0,
             metrics_require_token: false,
             catalogue: None,
             engine: crate::engine::EngineConfig::default(),
@@ -139,6 +139,7 @@ pub const API_HEADER_TIMEOUT_S: std::ops::RangeInclusive<i64> = 1..=300;
 pub const AGENT_MAX_CONNECTIONS: std::ops::RangeInclusive<i64> = 1..=64;
 pub const AGENT_INGEST_BYTES_PER_S: std::ops::RangeInclusive<i64> = 128..=(1 << 30);
 pub const FRAME_TIMEOUT_S: std::ops::RangeInclusive<i64> = 1..=600;
+pub const CONNECTIONS_PER_ADDRESS_PER_S: std::ops::RangeInclusive<i64> = 1..=100_000;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +181,8 @@ pub struct CoordConfig {
     pub agent_ingest_bytes_per_s: u32,
     /// Seconds a frame may take from its header to its last byte, control streams too.
     pub frame_timeout_s: u32,
+    /// New QUIC connections one source address may open per second (burst: 4 s worth).
+    pub connections_per_address_per_s: u32,
     /// Instance catalogue for sizing; None = the built-in one.
     pub catalogue: Option<PathBuf>,
     /// Which resize actuator serves which VM (`[[actuator]]`); VMs without an entry
@@ -206,6 +209,7 @@ impl Default for CoordConfig {
             agent_max_connections: 4,
             agent_ingest_bytes_per_s: 1 << 20,
             frame_timeout_s: 30,
+            connections_per_address_per_s: 200,
             catalogue: None,
             actuator: Vec::new(),
             engine: crate::engine::EngineConfig::default(),
@@ -327,6 +331,12 @@ impl CoordConfig {
                 FRAME_TIMEOUT_S,
                 "1..=600",
             ),
+            (
+                "connections_per_address_per_s",
+                i64::from(self.connections_per_address_per_s),
+                CONNECTIONS_PER_ADDRESS_PER_S,
+                "1..=100000",
+            ),
         ];
         for (key, v, range, allowed) in ranges {
             if !range.contains(&v) {
@@ -384,6 +394,7 @@ impl CoordConfig {
                 batch_interval_s: self.batch_interval_s,
                 retention_ms: i64::from(self.retention_days) * 86_400_000,
                 metrics_require_token: self.metrics_require_token,
+                conn_rate_per_ip: f64::from(self.connections_per_address_per_s),
                 catalogue: self.catalogue.clone(),
                 engine: self.engine.clone(),
                 actuators: self.actuator.clone(),
@@ -505,6 +516,13 @@ pub const COORDINATOR_KEYS: &[KeyDoc] = &[
         default: Some("30"),
         allowed: "1..=600",
         meaning: "Seconds a protocol frame may take from its header to its last byte, on every stream including the control stream; a slower one is refused (`frame_stalled`) and the memory it held is freed. No flag.",
+    },
+    KeyDoc {
+        key: "connections_per_address_per_s",
+        ty: "integer",
+        default: Some("200"),
+        allowed: "1..=100000",
+        meaning: "New QUIC connections one source address may open per second, with a burst of 4 s worth; over it a connection is closed as `rate_limited` and the agent retries with jittered backoff. An address counts only once it is proven (docs/operations.md, \"A hostile network\"). A whole fleet may sit behind one NAT address: at 200, 20,000 agents reconnect through one address in under 2 minutes after a coordinator restart, while one host still cannot take the handshake capacity of the rest (docs/BENCHMARKS.md). No flag.",
     },
     KeyDoc {
         key: "catalogue",

@@ -200,7 +200,9 @@ async fn spoofing_relay(from: SocketAddr, to: SocketAddr) -> SocketAddr {
 #[test]
 fn spoofed_initials_do_not_lock_out_the_real_agent() {
     let dir = tempfile::tempdir().unwrap();
-    let coord = Coord::start(&dir.path().join("coord"), 0, 0, &[]);
+    // A rate low enough that the 150 spoofed Initials would spend the address's burst
+    // (4 s worth = 80) if they were counted.
+    let coord = coord_with(dir.path(), "connections_per_address_per_s = 20\n");
     let ca_pem = coord.data_dir.join("ca.pem");
     let (token, ca_hash) = coord.token(&[]);
     let agent = Agent::enroll(dir.path(), "real", &coord, &token, &ca_hash);
@@ -208,7 +210,8 @@ fn spoofed_initials_do_not_lock_out_the_real_agent() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let relay = spoofing_relay(SocketAddr::new(spoofed, 0), coord.quic).await;
-        // 150 handshakes "from" 127.0.5.5 (well past its burst of 80): none completes.
+        // 150 handshakes "from" 127.0.5.5 (past its burst at `connections_per_address_per_s
+        // = 20` below): none completes.
         let ep = endpoint(
             "127.0.0.1:0".parse().unwrap(),
             &ca_pem,

@@ -25,11 +25,20 @@ fn enroll_fails(coord: &Coord, dir: &Path, token: &str, ca_hash: &str) -> String
 #[test]
 fn bad_clients_are_refused_and_an_enrolled_agent_keeps_streaming() {
     let dir = tempfile::tempdir().unwrap();
+    // A per-address rate low enough that the flood below (150 connections) passes its
+    // burst of 4 s worth; the default (200/s) fits a fleet behind one NAT address.
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(&config, "connections_per_address_per_s = 20\n").unwrap();
     let coord = Coord::start(
         &dir.path().join("coord"),
         0,
         0,
-        &["--batch-interval-s", "5"],
+        &[
+            "--batch-interval-s",
+            "5",
+            "--config",
+            config.to_str().unwrap(),
+        ],
     );
     let ca_pem = coord.data_dir.join("ca.pem");
     let (token, ca_hash) = coord.token(&["--uses", "2"]);
