@@ -238,6 +238,12 @@ struct Counters {
     errors_handshake: AtomicU64,
     errors_welcome: AtomicU64,
     errors_batch: AtomicU64,
+    /// Agents welcomed at least once, and when the latest of them was first welcomed
+    /// (ms after the ramp started): how long a fleet takes to get in, e.g. through one
+    /// NAT address.
+    agents_in: AtomicU64,
+    last_first_welcome_ms: AtomicU64,
+    ramp_started: std::sync::OnceLock<Instant>,
 }
 
 impl Counters {
@@ -499,6 +505,7 @@ async fn run_agent(
     let mut next_due = ((now_ms() - phase) / batch_ms + 1) * batch_ms + phase;
     let mut backoff = Duration::from_millis(500);
     let mut first = true;
+    let mut welcomed = false;
     'conn: while !stop.load(Ordering::Relaxed) || !outbox.is_empty() {
         if !first {
             c.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -546,6 +553,14 @@ async fn run_agent(
             }
         }
         c.connected.fetch_add(1, Ordering::Relaxed);
+        if !welcomed {
+            welcomed = true;
+            c.agents_in.fetch_add(1, Ordering::Relaxed);
+            if let Some(t0) = c.ramp_started.get() {
+                let ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+                c.last_first_welcome_ms.fetch_max(ms, Ordering::Relaxed);
+            }
+        }
         backoff = Duration::from_millis(500);
         // Ends with the connection (its streams fail), or is aborted below.
         let control = tokio::spawn(control_loop(
@@ -686,6 +701,7 @@ fn main() {
         // What a freshly installed agent reports: the mirror model built into it.
         let model_version = Arc::new(persona_agent::model_store::ModelHandle::open(None).expect("shipped mirror model").version());
         let t0 = Instant::now();
+        let _ = c.ramp_started.set(t0);
         let (cpu0, _) = proc_stat(pid);
         let (self0, _) = proc_stat(std::process::id());
         let mut tasks = Vec::new();
@@ -710,8 +726,9 @@ fn main() {
                 steady = Some((Instant::now(), c.values.load(Ordering::Relaxed), n, cpu));
             }
             eprintln!(
-                "t={:>4.0}s connected={} acked={} values={} reconnects={} errors={} coordinator cpu={:.1}s rss={} MiB",
+                "t={:>4.0}s agents_in={} connected={} acked={} values={} reconnects={} errors={} coordinator cpu={:.1}s rss={} MiB",
                 t0.elapsed().as_secs_f64(),
+                c.agents_in.load(Ordering::Relaxed),
                 c.connected.load(Ordering::Relaxed),
                 c.acked.load(Ordering::Relaxed),
                 c.values.load(Ordering::Relaxed),
@@ -760,6 +777,9 @@ fn main() {
         let window = steady_end.duration_since(st_t).as_secs_f64().max(1e-9);
         let mut steady_lat: Vec<u32> = lat.lock().await[st_n..lat_n_end].to_vec();
         let mut all_lat = lat.lock().await.clone();
+        let agents_in = c.agents_in.load(Ordering::Relaxed);
+        let all_in_s = (agents_in == o.agents as u64)
+            .then(|| c.last_first_welcome_ms.load(Ordering::Relaxed) as f64 / 1000.0);
         let doc = json!({
             "agents": o.agents,
             "series_per_agent": SERIES,
@@ -771,6 +791,11 @@ fn main() {
                                "all_p99": pct(&mut all_lat, 0.99)},
             "batches_acked": acked_total,
             "reconnects": c.reconnects.load(Ordering::Relaxed),
+            "agents_in": agents_in,
+            // When the last agent was first welcomed, counted from the start of the ramp
+            // and from its end; null if some agent never got in.
+            "all_in_s": all_in_s,
+            "all_in_after_ramp_s": all_in_s.map(|s| s - ramp_s),
             "errors": c.errors.load(Ordering::Relaxed),
             "errors_by_kind": {"handshake": c.errors_handshake.load(Ordering::Relaxed), "welcome": c.errors_welcome.load(Ordering::Relaxed),
                                "batch": c.errors_batch.load(Ordering::Relaxed)},
