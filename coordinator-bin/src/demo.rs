@@ -2,7 +2,10 @@
 //! starts a coordinator on loopback with its data in `./persona-data`, enrolls an
 //! in-process agent with a fresh join token (the same QUIC, mTLS and SQLite path a fleet
 //! uses), streams, and redraws a live view of this machine from what the coordinator
-//! stored. It is a showcase over the real parts, not a separate code path.
+//! stored: the machine's figures, the persona the coordinator holds for it (declared with
+//! `--purpose`, mirrored from the agent's own reports, and the two combined) and the
+//! configuration engine's current recommendation. It is a showcase over the real parts,
+//! not a separate code path.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -13,12 +16,15 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use persona_agent::config::AgentConfig;
+use persona_agent::config::{AgentConfig, PurposeConfig};
 use persona_agent::enroll::{EnrollOptions, enroll};
 use persona_agent::identity::Identity;
 
 use persona_coordinator::ServerSettings;
+use persona_coordinator::app::App;
+use persona_coordinator::recommend;
 use persona_coordinator::{CoordError, ServeOptions, start};
+use persona_shared::protocol::PersonaProb;
 
 /// Errors of the demo.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +48,8 @@ pub struct DemoOptions {
     /// Stop after this many seconds (None: until Ctrl-C).
     pub seconds: Option<u64>,
     pub json: bool,
+    /// What this machine is for (the agent's `[purpose]` description), if given.
+    pub purpose: Option<String>,
 }
 
 /// Runs the demo until Ctrl-C (`stop`) or `seconds`.
@@ -98,6 +106,10 @@ pub async fn run(
         state_dir: agent_dir,
         batch_interval_s: 2,
         process_every: 2,
+        purpose: opts.purpose.clone().map(|description| PurposeConfig {
+            description,
+            ..PurposeConfig::default()
+        }),
         ..AgentConfig::default()
     };
     // The agent stops first, so it can deliver its last batch before the coordinator goes.
@@ -136,11 +148,15 @@ pub async fn run(
             break;
         }
         if !opts.json {
-            let store = coord.app.store.clone();
+            let app = coord.app.clone();
             let id = identity.agent_id.clone();
-            let view =
-                tokio::task::spawn_blocking(move || render(&store, key, &id, started.elapsed()))
-                    .await;
+            let view = tokio::task::spawn_blocking(move || {
+                render(&app.store, key, &id, started.elapsed()).map(|mut text| {
+                    text += &decisions(&app, &id).0;
+                    text
+                })
+            })
+            .await;
             if let Ok(Ok(text)) = view {
                 let mut out = std::io::stdout().lock();
                 if tty {
@@ -173,7 +189,10 @@ fn summary(
     let store = &coord.app.store;
     let info = store.get_agent(agent_id)?;
     let latest = store.latest(key)?;
+    let (_, decided) = decisions(&coord.app, agent_id);
     Ok(json!({
+        "persona": decided["persona"],
+        "recommendation": decided["recommendation"],
         "agent_id": agent_id,
         "quic": coord.quic_addr.to_string(),
         "api": coord.http_addr.to_string(),
@@ -184,6 +203,110 @@ fn summary(
             "values": v.into_iter().map(|(k, x)| (k, serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number))).collect::<serde_json::Map<_, _>>(),
         })),
     }))
+}
+
+/// The top of a distribution, for one line: "slug 0.62, slug 0.20, slug 0.10".
+fn top(v: &[PersonaProb]) -> String {
+    v.iter()
+        .take(3)
+        .map(|p| format!("{} {:.2}", p.slug, p.probability))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The persona the coordinator holds for the agent (declared, mirrored, combined) and the
+/// engine's recommendation now, as text for the view and as JSON for `--json`. Each part
+/// says what it waits for when it has nothing yet, rather than failing the view.
+fn decisions(app: &App, agent_id: &str) -> (String, Value) {
+    let mut s = String::from("\n");
+    let belief = persona_coordinator::profile::belief::belief(&app.store, agent_id);
+    let persona = match &belief {
+        Ok(Some(b)) => {
+            let or = |v: &[PersonaProb], none: &str| {
+                if v.is_empty() {
+                    none.to_owned()
+                } else {
+                    top(v)
+                }
+            };
+            s += &format!(
+                "Persona   declared  {}\n          mirrored  {}\n          combined  {}\n",
+                or(&b.prior, "none (give one with --purpose TEXT)"),
+                if b.observed.is_empty() {
+                    "none yet (the agent's mirror model reports as windows fill)".to_owned()
+                } else {
+                    format!(
+                        "{}  ({} reports, {:.2} h)",
+                        top(&b.observed),
+                        b.reports,
+                        b.observed_hours
+                    )
+                },
+                if b.combined.is_empty() {
+                    "-".to_owned()
+                } else {
+                    format!(
+                        "{}  (declared weight {:.2})",
+                        top(&b.combined),
+                        b.prior_weight
+                    )
+                }
+            );
+            json!({"declared": b.prior, "mirrored": b.observed, "combined": b.combined,
+                   "mirror_reports": b.reports, "declared_weight": b.prior_weight})
+        }
+        Ok(None) => {
+            s += "Persona   none yet: no purpose declared (--purpose TEXT) and no mirror report\n";
+            Value::Null
+        }
+        Err(e) => {
+            s += &format!("Persona   unavailable: {e}\n");
+            Value::Null
+        }
+    };
+    let rec = match recommend::ctx_parts(Some(&app.profiling)) {
+        Err(e) => Err(e),
+        Ok((catalogue, personas)) => {
+            let ctx = recommend::Ctx {
+                store: &app.store,
+                cfg: &app.settings.engine,
+                catalogue: &catalogue,
+                personas: &personas,
+                profiler: Some(&app.profiling),
+            };
+            recommend::recommend(&ctx, agent_id, persona_coordinator::store::now_ms())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let recommendation = match rec {
+        Ok(r) => {
+            let size = |z: persona_coordinator::engine::Size| {
+                format!("{} vCPU, {:.2} GiB", z.cpu_cores, z.memory_gib)
+            };
+            s += &format!(
+                "Recommend {} now -> {} ({}), confidence {:.2}\n          auto mode: {}{}\n",
+                size(r.current),
+                size(r.recommended),
+                r.change,
+                r.confidence,
+                if r.auto.applies {
+                    "would apply: "
+                } else {
+                    "would not apply: "
+                },
+                r.auto.detail
+            );
+            serde_json::to_value(&r).unwrap_or(Value::Null)
+        }
+        Err(e) => {
+            s += &format!("Recommend not yet: {e}\n");
+            Value::Null
+        }
+    };
+    (
+        s,
+        json!({"persona": persona, "recommendation": recommendation}),
+    )
 }
 
 fn render(

@@ -101,6 +101,10 @@ whose command_key is its fingerprint (docs/operations.md, Security model).")]
         /// Print one JSON summary at the end instead of the live view.
         #[arg(long)]
         json: bool,
+        /// What this machine is for, as an agent's `[purpose]` description: the view
+        /// then shows the declared persona beside the mirrored one.
+        #[arg(long)]
+        purpose: Option<String>,
     },
 }
 
@@ -212,6 +216,7 @@ fn main() -> ExitCode {
             http,
             seconds,
             json,
+            purpose,
         } => rt.block_on(async {
             let opts = demo::DemoOptions {
                 data_dir,
@@ -219,6 +224,7 @@ fn main() -> ExitCode {
                 http,
                 seconds,
                 json,
+                purpose,
             };
             demo::run(opts, shutdown_signal())
                 .await

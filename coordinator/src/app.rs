@@ -57,6 +57,8 @@ pub struct Stats {
     /// Monotonic milliseconds (since the server started) of the accept loop's last turn:
     /// the systemd watchdog checks that it keeps moving.
     pub accept_loop_heartbeat_ms: AtomicU64,
+    /// Passes of the configuration engine's auto loop (shared with its task).
+    pub engine_passes: Arc<AtomicU64>,
     rejected: Mutex<HashMap<&'static str, u64>>,
 }
 

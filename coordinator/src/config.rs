@@ -542,8 +542,8 @@ pub const COORDINATOR_KEYS: &[KeyDoc] = &[
         key: "engine",
         ty: "table",
         default: Some("{}"),
-        allowed: "`[engine]` keys: cpu_half_life_s, memory_half_life_s, cpu_percentile, memory_percentile, cpu_margin, memory_margin, memory_peak_window_s, peak_window_s, full_confidence_s, scale_down_after_s, scale_down_min_saving, scale_up_min_increase, min_change_cores, min_change_gib, cooldown_s, pressure_scale_up, forecast_hours, evaluate_every_s",
-        meaning: "Constants of the configuration engine (right-sizing): histogram half-lives, percentiles and margins, hysteresis and cooldown, forecast horizon, how often auto-mode VMs are re-evaluated. Defaults and their justification: docs/EVALUATION.md, \"Trace replay\". No flag.",
+        allowed: "`[engine]` keys: cpu_half_life_s, memory_half_life_s, cpu_percentile, memory_percentile, cpu_margin, memory_margin, memory_peak_window_s, peak_window_s, full_confidence_s, scale_down_after_s, scale_down_min_saving, scale_up_min_increase, min_change_cores, min_change_gib, cooldown_s, pressure_scale_up, forecast_hours, evaluate_every_s, auto_min_confidence",
+        meaning: "Constants of the configuration engine (right-sizing): histogram half-lives, percentiles and margins, hysteresis and cooldown, forecast horizon, how often auto-mode VMs are re-evaluated, the confidence auto mode waits for. Defaults and their justification: docs/EVALUATION.md, \"Trace replay\". No flag.",
     },
 ];
 

@@ -196,6 +196,7 @@ pub async fn start(
         app.commands.clone(),
         app.settings.engine.clone(),
         Some(profiling),
+        app.stats.engine_passes.clone(),
         shutdown.clone(),
     ));
     // Resizes of VMs that a hypervisor actuator serves run here, not in the agent.

@@ -189,3 +189,124 @@ fn idle_scales_down_only_after_sustained_evidence_and_pressure_scales_up_within_
         down["history_s"]
     );
 }
+
+/// Evidence before action (issue 20, items 1 and 3), with the engine's default constants
+/// (full confidence after 12 h) and a one-second auto loop: a fresh VM in auto mode gets
+/// no resize while its recommendation is only the persona prior's suggestion, over
+/// several passes of the loop; an operator's bound then moves it at once, and only the
+/// bounded resource. The agent is stopped before auto mode is set, so no resize ever
+/// reaches this machine (which is the VM).
+#[test]
+fn auto_mode_waits_for_evidence_and_operator_bounds_act_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("coordinator.toml");
+    std::fs::write(&cfg, "[engine]\nevaluate_every_s = 1.0\n").unwrap();
+    let coord = Coord::start(
+        &dir.path().join("coord"),
+        0,
+        0,
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let (token, ca) = coord.token(&[]);
+    let mut agent = Agent::enroll(dir.path(), "evidence", &coord, &token, &ca);
+    // A declared purpose far above any test machine (its explicit specs are floors), so
+    // the prior always suggests a change.
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    let text = text.replace(
+        "description = \"end-to-end test VM\"",
+        "description = \"build farm with 64 vCPUs and 256 GB of RAM\"",
+    );
+    assert!(text.contains("64 vCPUs"), "{text}");
+    std::fs::write(&agent.config, text).unwrap();
+    agent.start();
+    let id = agent.id.clone();
+    wait_for(
+        Duration::from_secs(60),
+        "the host facts and a sample",
+        || {
+            let out = coord.ctl_output(&["recommend", &id, "--json"]);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (out.status.success() && v["samples"].as_u64().unwrap_or(0) >= 1).then_some(())
+        },
+    );
+    agent.kill();
+
+    // The `catalogue` platform, so that this machine's maxcpus does not hide the prior's
+    // larger size.
+    let r = coord.ctl(&[
+        "recommend",
+        &id,
+        "--mode",
+        "auto",
+        "--platform",
+        "catalogue",
+    ]);
+    assert_eq!(r["mode"], "auto");
+    // The declared purpose gives a prior whose size differs from this machine's: a
+    // change is recommended, as a suggestion the loop must not act on.
+    assert_ne!(r["change"], "none", "{r:#}");
+    assert!(f(&r["confidence"]) < 0.5, "{r:#}");
+    assert_eq!(r["auto"]["applies"], false, "{r:#}");
+    assert_eq!(r["auto"]["size"], r["current"], "{r:#}");
+    assert!(has_reason(&r, "memory", "confidence") || has_reason(&r, "cpu", "confidence"));
+    let passes = |c: &Coord| c.status()["engine_passes"].as_u64().unwrap_or(0);
+    let p0 = passes(&coord);
+    wait_for(
+        Duration::from_secs(60),
+        "three passes of the auto loop",
+        || (passes(&coord) >= p0 + 3).then_some(()),
+    );
+    let resizes = |c: &Coord| -> Vec<Value> {
+        let v = c.ctl(&["commands", "list", "--agent", &id]);
+        v["commands"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["kind"] == "resize")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        resizes(&coord),
+        Vec::<Value>::new(),
+        "auto mode acted on the prior alone"
+    );
+
+    // The operator caps the VM at 1 vCPU (this machine has 2 or more): at once, whatever
+    // the evidence, and memory stays where it is.
+    let vcpus = f(&r["current"]["cpu_cores"]);
+    assert!(
+        vcpus >= 2.0,
+        "the test needs a machine with 2 vCPUs or more: {r:#}"
+    );
+    let b = coord.ctl(&["recommend", &id, "--max-vcpus", "1"]);
+    assert_eq!(f(&b["recommended"]["cpu_cores"]), 1.0, "{b:#}");
+    assert_eq!(b["auto"]["applies"], true, "{b:#}");
+    assert!(
+        b["reasons"].as_array().unwrap().iter().any(|x| x["kind"] == "bound"
+            && x["detail"].as_str().unwrap_or("").contains("at once")),
+        "{b:#}"
+    );
+    let cmd = wait_for(
+        Duration::from_secs(60),
+        "the bound's resize command",
+        || resizes(&coord).into_iter().next(),
+    );
+    let req = &cmd["action"]["Resize"];
+    assert_eq!(req["vcpus"], 1, "{cmd:#}");
+    assert!(
+        req["memory_mib"].is_null(),
+        "memory was resized on the prior: {cmd:#}"
+    );
+    // And only once: a later pass does not send it again while it is in flight.
+    let p1 = passes(&coord);
+    wait_for(Duration::from_secs(60), "two more passes", || {
+        (passes(&coord) >= p1 + 2).then_some(())
+    });
+    assert_eq!(
+        resizes(&coord).len(),
+        1,
+        "{:#}",
+        Value::from(resizes(&coord))
+    );
+}

@@ -30,6 +30,7 @@ pub fn status(app: &App) -> Resp {
             "samples": s.samples.load(Ordering::Relaxed),
             "bytes_received": s.bytes_received.load(Ordering::Relaxed),
             "ingest_seconds": s.ingest_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            "engine_passes": s.engine_passes.load(Ordering::Relaxed),
             "rejected": s.rejected().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         }),
     )

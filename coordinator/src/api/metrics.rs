@@ -103,6 +103,13 @@ pub fn render(app: &App) -> Result<String, StoreError> {
     );
     family(
         &mut out,
+        "persona_engine_passes_total",
+        "counter",
+        "Passes of the configuration engine over the VMs in initial and auto mode.",
+        &one(load(&s.engine_passes)),
+    );
+    family(
+        &mut out,
         "persona_samples_ingested_total",
         "counter",
         "Values (metric points) committed to the database.",

@@ -75,7 +75,7 @@ pub async fn apply(app: Arc<App>, agent: &str) -> Resp {
         with_ctx(&app, |c| {
             doc(
                 recommend::recommend(c, &agent, store::now_ms()).and_then(|r| {
-                    recommend::apply(&app.store, &app.commands, &r, false)
+                    recommend::apply(&app.store, &app.commands, &r, r.recommended, false)
                         .map(|id| json!({ "command": id, "recommendation": r }))
                 }),
             )

@@ -173,6 +173,18 @@ pub fn human(v: &Value) -> String {
         f(&v["confidence"]),
         v["personas_source"].as_str().unwrap_or("?")
     );
+    let a = &v["auto"];
+    if !a.is_null() {
+        s += &format!(
+            "auto         {} {}\n",
+            if a["applies"].as_bool() == Some(true) {
+                "applies now:"
+            } else {
+                "does not apply:"
+            },
+            a["detail"].as_str().unwrap_or("?")
+        );
+    }
     let c = &v["cost"];
     let price = |p: &Value| {
         if p.is_null() {

@@ -109,6 +109,9 @@ pub struct EngineConfig {
     pub forecast_hours: u32,
     /// How often the coordinator re-evaluates VMs in `auto` mode.
     pub evaluate_every_s: f64,
+    /// Confidence (the evidence's weight against the persona prior) below which auto mode
+    /// does not resize, unless a pressure event or an operator's bound asks for it.
+    pub auto_min_confidence: f64,
 }
 
 impl Default for EngineConfig {
@@ -132,6 +135,9 @@ impl Default for EngineConfig {
             pressure_scale_up: 1.5,
             forecast_hours: 2,
             evaluate_every_s: 60.0,
+            // From one half on, the observed history outweighs the prior in the target
+            // (`c·evidence + (1−c)·prior`): the size is then mostly the VM's own.
+            auto_min_confidence: 0.5,
         }
     }
 }
@@ -232,6 +238,12 @@ impl EngineConfig {
             self.evaluate_every_s,
             self.evaluate_every_s >= 1.0,
             "a number of seconds >= 1",
+        )?;
+        check(
+            "auto_min_confidence",
+            self.auto_min_confidence,
+            (0.0..=1.0).contains(&self.auto_min_confidence),
+            "a fraction in [0, 1]",
         )?;
         Ok(())
     }

@@ -133,6 +133,71 @@ pub fn shape(raw: Size, floors: Size, steps: Steps, b: &Bounds, reasons: &mut Wh
     }
 }
 
+/// Moves a decided size inside the operator's own bounds (`min_*`/`max_*`, not the
+/// platform's) at once, in either direction, with a reason for each move.
+///
+/// Why: the target is already shaped inside the bounds, but the hysteresis holds a
+/// scale-down for `scale_down_after_s` and lets a small rise wait. An operator who sets
+/// `max_vcpus 1` on a 2-vCPU VM means now, not in three hours. Only the move to the
+/// bound is immediate; anything beyond it follows the usual rules. Returns the size and,
+/// per resource (cpu, memory), whether a bound moved it.
+pub fn enforce_bounds(
+    decided: Size,
+    steps: Steps,
+    b: &Bounds,
+    reasons: &mut Why,
+) -> (Size, [bool; 2]) {
+    let one = |name: &'static str,
+               v: f64,
+               step: f64,
+               lo: Option<f64>,
+               hi: Option<f64>,
+               reasons: &mut Why| {
+        if let Some(h) = hi {
+            let h_stepped = ((h / step) + 1e-9).floor().max(1.0) * step;
+            if v > h_stepped + 1e-9 {
+                reasons.add(name, Kind::Bound, Some(h_stepped), || {
+                    format!("the operator's maximum {h} takes effect at once (no hysteresis)")
+                });
+                return (h_stepped, true);
+            }
+        }
+        if let Some(l) = lo {
+            let l_stepped = step_up(l, step);
+            if v < l_stepped - 1e-9 {
+                reasons.add(name, Kind::Bound, Some(l_stepped), || {
+                    format!("the operator's minimum {l} takes effect at once")
+                });
+                return (l_stepped, true);
+            }
+        }
+        (v, false)
+    };
+    let (cpu, fc) = one(
+        "cpu",
+        decided.cpu_cores,
+        steps.cpu_cores,
+        b.min_vcpus,
+        b.max_vcpus,
+        reasons,
+    );
+    let (mem, fm) = one(
+        "memory",
+        decided.memory_gib,
+        steps.memory_gib,
+        b.min_memory_gib,
+        b.max_memory_gib,
+        reasons,
+    );
+    (
+        Size {
+            cpu_cores: cpu,
+            memory_gib: mem,
+        },
+        [fc, fm],
+    )
+}
+
 /// The timing constants of [`Hysteresis`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timing {
@@ -288,6 +353,29 @@ mod tests {
             cpu_cores: c,
             memory_gib: m,
         }
+    }
+
+    #[test]
+    fn operator_bounds_take_effect_at_once_in_both_directions() {
+        let b = Bounds {
+            max_vcpus: Some(1.0),
+            min_memory_gib: Some(6.1),
+            ..Bounds::default()
+        };
+        let mut why = Why::on();
+        let (out, forced) = enforce_bounds(sz(2.0, 4.0), Steps::VM, &b, &mut why);
+        // 6.1 GiB rounds up to whole 128 MiB blocks.
+        assert_eq!(out, sz(1.0, 6.125));
+        assert_eq!(forced, [true, true]);
+        let v = why.into_vec();
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(v.iter().all(|r| r.kind == Kind::Bound), "{v:?}");
+        assert!(v[0].detail.contains("maximum 1") && v[0].detail.contains("at once"));
+        // Inside the bounds nothing moves and nothing is said.
+        let mut why = Why::on();
+        let (out, forced) = enforce_bounds(sz(1.0, 8.0), Steps::VM, &b, &mut why);
+        assert_eq!((out, forced), (sz(1.0, 8.0), [false, false]));
+        assert!(why.into_vec().is_empty());
     }
 
     #[test]

@@ -36,13 +36,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use persona_shared::command::Action;
+use persona_shared::command::{Action, CommandState};
 use persona_shared::metrics::{self, host};
 use persona_shared::resize::ResizeRequest;
 
 use crate::commands::delivery::Hub as CommandHub;
 use crate::engine::cost::{self, CostReport, Platform};
-use crate::engine::policy::{Bounds, Hysteresis, MEMORY_BLOCK_GIB, Steps};
+use crate::engine::policy::{self, Bounds, Hysteresis, MEMORY_BLOCK_GIB, Steps};
 use crate::engine::reasons::{Kind, Reason, Why};
 use crate::engine::{EngineConfig, Inputs, Pressure, Prior, Size, VmState, forecast};
 use crate::profile::ProfilingService;
@@ -334,6 +334,30 @@ pub struct Recommendation {
     pub reasons: Vec<Reason>,
     pub cost: CostReport,
     pub settings: VmSettings,
+    /// What the `initial`/`auto` loop would apply now, and why (or what it waits for).
+    pub auto: AutoGate,
+}
+
+/// Evidence before action: what auto mode may apply of a recommendation.
+///
+/// A recommendation on little history is mostly the persona prior's (`c·evidence +
+/// (1−c)·prior`). Auto mode applies a resource's change only once the confidence has
+/// reached `auto_min_confidence`, or when a pressure event on that resource asks for it,
+/// or when the operator's bound forces it. Sizing at creation (`initial` mode, not yet
+/// applied) is the one place where the prior alone decides. What is held stays at the
+/// current size here, while `recommended` still shows the prior's suggestion.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AutoGate {
+    /// Whether the loop would submit a resize now (in `initial` or `auto` mode).
+    pub applies: bool,
+    /// The size the loop would run the VM at: `recommended` where allowed, else current.
+    pub size: Size,
+    /// The confidence auto mode waits for (`[engine] auto_min_confidence`).
+    pub min_confidence: f64,
+    /// Resources held at their current size for lack of evidence ("cpu", "memory").
+    pub held: Vec<&'static str>,
+    /// One line for people: what decides, or what it waits for.
+    pub detail: String,
 }
 
 fn facts_size(facts: &Value) -> Option<(Size, Option<f64>)> {
@@ -781,6 +805,23 @@ pub fn recommend(
             decide_at, current, est.target, est.urgent, &timing, &mut why,
         )
     };
+    let (recommended, forced) = policy::enforce_bounds(recommended, steps, &vm.bounds, &mut why);
+    // What a held resource stays at: the current size, moved inside the operator's bounds.
+    let (held_at, _) = policy::enforce_bounds(current, steps, &vm.bounds, &mut Why::off());
+    let auto = gate(
+        ctx.cfg,
+        GateIn {
+            current,
+            held_at,
+            recommended,
+            confidence: est.confidence,
+            history_s: state.history_s(),
+            at_creation: sizing_at_creation,
+            pressure: &pressure,
+            forced,
+        },
+        &mut why,
+    );
     let facts = info.facts.clone().unwrap_or(Value::Null);
     let io = io_targets(
         ctx.store,
@@ -833,7 +874,111 @@ pub fn recommend(
         reasons,
         cost,
         settings: vm,
+        auto,
     })
+}
+
+/// What [`gate`] decides on.
+struct GateIn<'a> {
+    current: Size,
+    /// The current size inside the operator's bounds: where a held resource stays.
+    held_at: Size,
+    recommended: Size,
+    confidence: f64,
+    history_s: f64,
+    at_creation: bool,
+    pressure: &'a [Pressure],
+    /// Per resource (cpu, memory): moved by an operator's bound.
+    forced: [bool; 2],
+}
+
+/// Evidence before action (see [`AutoGate`]).
+fn gate(cfg: &EngineConfig, g: GateIn<'_>, why: &mut Why) -> AutoGate {
+    let min = cfg.auto_min_confidence;
+    let confident = g.confidence + 1e-9 >= min;
+    let cur = [g.current.cpu_cores, g.current.memory_gib];
+    let rec = [g.recommended.cpu_cores, g.recommended.memory_gib];
+    let held_at = [g.held_at.cpu_cores, g.held_at.memory_gib];
+    let mut size = cur;
+    let mut held = Vec::new();
+    let mut by = Vec::new();
+    for (i, name) in ["cpu", "memory"].into_iter().enumerate() {
+        if (rec[i] - cur[i]).abs() <= 1e-9 {
+            continue;
+        }
+        let pressed = g.pressure.iter().any(|p| p.resource == name);
+        if g.at_creation || confident || pressed || g.forced[i] {
+            size[i] = rec[i];
+            if !(g.at_creation || confident) {
+                by.push(format!(
+                    "{name}: {}",
+                    if g.forced[i] {
+                        "the operator's bound"
+                    } else {
+                        "a pressure event"
+                    }
+                ));
+            }
+        } else if (held_at[i] - cur[i]).abs() > 1e-9 {
+            // The evidence does not back the whole change, but the operator's bound
+            // does: move to the bound now, the rest waits.
+            size[i] = held_at[i];
+            by.push(format!(
+                "{name}: the operator's bound (the rest of the change waits)"
+            ));
+        } else {
+            held.push(name);
+        }
+    }
+    // The prior's weight falls linearly with history: confidence = history / full.
+    let more_s = (min * cfg.full_confidence_s - g.history_s).max(0.0);
+    let wait = || {
+        format!(
+            "confidence {:.2} < {min:.2} (about {} more of history) or a pressure event",
+            g.confidence,
+            if more_s >= 3600.0 {
+                format!("{:.1} h", more_s / 3600.0)
+            } else {
+                format!("{:.0} min", (more_s / 60.0).ceil())
+            }
+        )
+    };
+    for name in &held {
+        why.add(name, Kind::Confidence, None, || {
+            format!(
+                "auto mode holds the current size until {}: the recommendation is the \
+                 persona prior's suggestion",
+                wait()
+            )
+        });
+    }
+    let size = Size {
+        cpu_cores: size[0],
+        memory_gib: size[1],
+    };
+    let detail = if g.at_creation {
+        "sizing at creation (initial mode): the persona prior decides alone, once".to_owned()
+    } else if confident {
+        format!(
+            "confidence {:.2} >= {min:.2}: the VM's own history decides",
+            g.confidence
+        )
+    } else if held.is_empty() && by.is_empty() {
+        format!("nothing to change; a change would wait for {}", wait())
+    } else {
+        let mut parts = by;
+        if !held.is_empty() {
+            parts.push(format!("{} held until {}", held.join(" and "), wait()));
+        }
+        parts.join("; ")
+    };
+    AutoGate {
+        applies: size != g.current,
+        size,
+        min_confidence: min,
+        held,
+        detail,
+    }
 }
 
 fn state_forecast(state: &VmState, now_s: f64, cpu: bool) -> Vec<forecast::Point> {
@@ -853,17 +998,18 @@ pub fn resize_request(current: Size, rec: Size) -> Option<ResizeRequest> {
     })
 }
 
-/// Submits the recommended resize through the command channel and remembers when.
+/// Submits a resize to `to` (the recommendation, or what auto mode may apply of it)
+/// through the command channel and remembers when.
 pub fn apply(
     store: &Store,
     hub: &CommandHub,
     r: &Recommendation,
+    to: Size,
     initial: bool,
 ) -> Result<String, EngineApiError> {
-    let req =
-        resize_request(r.current, r.recommended).ok_or_else(|| EngineApiError::NothingToApply {
-            agent: r.agent.clone(),
-        })?;
+    let req = resize_request(r.current, to).ok_or_else(|| EngineApiError::NothingToApply {
+        agent: r.agent.clone(),
+    })?;
     let id = crate::commands::submit(store, &r.agent, Action::Resize(req), RESIZE_TTL).map_err(
         |source| EngineApiError::Submit {
             agent: r.agent.clone(),
@@ -929,8 +1075,12 @@ pub fn auto_pass(
                 continue;
             }
         };
-        if r.change == "none" {
-            if mode == Mode::Initial {
+        if !r.auto.applies {
+            // Held for lack of evidence, or nothing to change.
+            if r.change != "none" {
+                tracing::debug!(%agent, "engine: not applied: {}", r.auto.detail);
+            }
+            if r.change == "none" && mode == Mode::Initial {
                 // Already the right size at creation: nothing to apply, ever.
                 if let Err(e) = mark_initial_done(store, &agent) {
                     tracing::warn!(%agent, "engine: {e}");
@@ -938,14 +1088,23 @@ pub fn auto_pass(
             }
             continue;
         }
-        // A resize still in flight (or just made) must show in the facts before the
-        // next one; the cooldown covers scale-downs, this covers everything else.
+        // One resize at a time: while the engine's last command has not finished
+        // (pending for an agent that is away, delivered, running), another would only
+        // queue behind it, and the facts do not show its effect yet.
+        if let Some(last_cmd) = r.settings.last_command.as_deref()
+            && let Ok(Some(c)) = crate::commands::get(store, last_cmd)
+            && !CommandState::parse(&c.state).is_some_and(CommandState::is_final)
+        {
+            continue;
+        }
+        // A resize just made must show in the facts before the next one; the cooldown
+        // covers scale-downs, this covers everything else.
         if !r.urgent
             && last.is_some_and(|l| (now - l) as f64 / 1000.0 < cfg.evaluate_every_s.max(30.0))
         {
             continue;
         }
-        match apply(store, hub, &r, mode == Mode::Initial) {
+        match apply(store, hub, &r, r.auto.size, mode == Mode::Initial) {
             Ok(_) => applied += 1,
             Err(e) => tracing::warn!(%agent, "engine: {e}"),
         }
@@ -959,6 +1118,7 @@ pub async fn auto_loop(
     hub: Arc<CommandHub>,
     cfg: EngineConfig,
     svc: Option<Arc<ProfilingService>>,
+    passes: Arc<std::sync::atomic::AtomicU64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let every = Duration::from_secs_f64(cfg.evaluate_every_s.max(1.0));
@@ -974,6 +1134,7 @@ pub async fn auto_loop(
             Ok(Err(e)) => tracing::warn!("engine: auto pass failed: {e}"),
             Err(e) => tracing::warn!("engine: auto pass panicked: {e}"),
         }
+        passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -1116,5 +1277,86 @@ mod tests {
         assert_eq!(r.change, "none");
         assert_eq!(r.bounds.platform_max_vcpus, Some(8.0));
         assert!(r.cost.current.is_some());
+    }
+
+    /// Evidence before action (issue 20, items 1 and 3): with a declared purpose and no
+    /// history, the recommendation is the prior's suggestion and auto mode holds it; an
+    /// operator's bound moves the VM at once, and only that resource.
+    #[test]
+    fn auto_mode_holds_the_prior_and_applies_operator_bounds_at_once() {
+        let (dir, store) = store_with_agent();
+        let svc = ProfilingService::open(dir.path(), None).expect("profiler");
+        let cat = Catalogue::builtin().expect("catalogue");
+        let ps = crate::profile::personas::builtin().expect("personas");
+        let cfg = EngineConfig::default();
+        let ctx = Ctx {
+            store: &store,
+            cfg: &cfg,
+            catalogue: &cat,
+            personas: &ps,
+            profiler: Some(&svc),
+        };
+        let key = store.agent_key("a-1").expect("key").expect("agent");
+        store
+            .update_agent(
+                key,
+                Some(r#"{"cpus_online":2,"cpus_possible":2,"mem_total_bytes":4294967296}"#),
+                Some(
+                    r#"{"description":"full-stack developer VM: docker, postgres, node, webpack builds"}"#,
+                ),
+            )
+            .expect("facts");
+        let auto: SettingsPatch = serde_json::from_value(json!({ "mode": "auto" })).expect("p");
+        set_settings(&store, "a-1", &auto).expect("auto");
+        let r = recommend(&ctx, "a-1", store::now_ms()).expect("recommendation");
+        assert_eq!(r.confidence, 0.0);
+        assert!(r.prior.is_some(), "the purpose gives a prior");
+        assert_ne!(r.recommended, r.current, "the prior suggests another size");
+        assert!(!r.auto.applies, "{:?}", r.auto);
+        assert_eq!(r.auto.size, r.current);
+        assert!(!r.auto.held.is_empty());
+        assert!(
+            r.auto.detail.contains("confidence 0.00 < 0.50"),
+            "{}",
+            r.auto.detail
+        );
+        assert!(
+            r.reasons
+                .iter()
+                .any(|x| x.kind == Kind::Confidence && x.detail.contains("prior's suggestion")),
+            "{:?}",
+            r.reasons
+        );
+        // Bounds: at most 1 vCPU, at least 6 GiB. Both move now, whatever the evidence.
+        let b: SettingsPatch =
+            serde_json::from_value(json!({ "max_vcpus": 1.0, "min_memory_gib": 6.0 })).expect("p");
+        set_settings(&store, "a-1", &b).expect("bounds");
+        let r = recommend(&ctx, "a-1", store::now_ms()).expect("recommendation");
+        assert_eq!(r.recommended.cpu_cores, 1.0);
+        assert!(r.recommended.memory_gib >= 6.0);
+        assert!(r.auto.applies, "{:?}", r.auto);
+        assert_eq!(r.auto.size.cpu_cores, 1.0);
+        assert!(r.auto.size.memory_gib >= 6.0);
+        assert!(
+            r.auto.detail.contains("operator's bound"),
+            "{}",
+            r.auto.detail
+        );
+        let req = resize_request(r.current, r.auto.size).expect("a resize");
+        assert_eq!(req.vcpus, Some(1));
+        // Only a bound moves memory here: without it, memory is held at the current size.
+        let b: SettingsPatch =
+            serde_json::from_value(json!({ "min_memory_gib": null })).expect("p");
+        set_settings(&store, "a-1", &b).expect("clear");
+        let r = recommend(&ctx, "a-1", store::now_ms()).expect("recommendation");
+        assert_eq!(r.auto.size.cpu_cores, 1.0);
+        assert_eq!(r.auto.size.memory_gib, r.current.memory_gib);
+        assert!(
+            r.reasons
+                .iter()
+                .any(|x| x.kind == Kind::Bound && x.detail.contains("at once")),
+            "{:?}",
+            r.reasons
+        );
     }
 }
