@@ -37,6 +37,8 @@ pub struct ServerSettings {
     pub max_future_ms: i64,
     /// New connections allowed per source address per second (burst of 4x).
     pub conn_rate_per_ip: f64,
+    /// Receive buffer asked for the QUIC socket (0: the kernel's default).
+    pub udp_receive_buffer_bytes: usize,
     /// Whether `GET /metrics` needs the admin token (see docs/operations.md).
     pub metrics_require_token: bool,
     /// Instance catalogue file for sizing (`--catalogue`); `None` = the built-in one.
@@ -119,6 +121,7 @@ impl Default for ServerSettings {
             retention_ms: 14 * 24 * 3600 * 1000,
             max_future_ms: 10 * 60 * 1000,
             conn_rate_per_ip: 200.0,
+            udp_receive_buffer_bytes: 8 << 20,
             metrics_require_token: false,
             catalogue: None,
             engine: crate::engine::EngineConfig::default(),
@@ -140,6 +143,7 @@ pub const AGENT_MAX_CONNECTIONS: std::ops::RangeInclusive<i64> = 1..=64;
 pub const AGENT_INGEST_BYTES_PER_S: std::ops::RangeInclusive<i64> = 128..=(1 << 30);
 pub const FRAME_TIMEOUT_S: std::ops::RangeInclusive<i64> = 1..=600;
 pub const CONNECTIONS_PER_ADDRESS_PER_S: std::ops::RangeInclusive<i64> = 1..=100_000;
+pub const UDP_RECEIVE_BUFFER_BYTES: std::ops::RangeInclusive<i64> = 0..=(1 << 30);
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +187,8 @@ pub struct CoordConfig {
     pub frame_timeout_s: u32,
     /// New QUIC connections one source address may open per second (burst: 4 s worth).
     pub connections_per_address_per_s: u32,
+    /// Receive buffer asked for the QUIC socket, in bytes (0: the kernel's default).
+    pub udp_receive_buffer_bytes: u32,
     /// Instance catalogue for sizing; None = the built-in one.
     pub catalogue: Option<PathBuf>,
     /// Which resize actuator serves which VM (`[[actuator]]`); VMs without an entry
@@ -210,6 +216,7 @@ impl Default for CoordConfig {
             agent_ingest_bytes_per_s: 1 << 20,
             frame_timeout_s: 30,
             connections_per_address_per_s: 200,
+            udp_receive_buffer_bytes: 8 << 20,
             catalogue: None,
             actuator: Vec::new(),
             engine: crate::engine::EngineConfig::default(),
@@ -337,6 +344,12 @@ impl CoordConfig {
                 CONNECTIONS_PER_ADDRESS_PER_S,
                 "1..=100000",
             ),
+            (
+                "udp_receive_buffer_bytes",
+                i64::from(self.udp_receive_buffer_bytes),
+                UDP_RECEIVE_BUFFER_BYTES,
+                "0..=1073741824",
+            ),
         ];
         for (key, v, range, allowed) in ranges {
             if !range.contains(&v) {
@@ -395,6 +408,7 @@ impl CoordConfig {
                 retention_ms: i64::from(self.retention_days) * 86_400_000,
                 metrics_require_token: self.metrics_require_token,
                 conn_rate_per_ip: f64::from(self.connections_per_address_per_s),
+                udp_receive_buffer_bytes: self.udp_receive_buffer_bytes as usize,
                 catalogue: self.catalogue.clone(),
                 engine: self.engine.clone(),
                 actuators: self.actuator.clone(),
@@ -523,6 +537,13 @@ pub const COORDINATOR_KEYS: &[KeyDoc] = &[
         default: Some("200"),
         allowed: "1..=100000",
         meaning: "New QUIC connections one source address may open per second, with a burst of 4 s worth; over it a connection is closed as `rate_limited` and the agent retries with jittered backoff. An address counts only once it is proven (docs/operations.md, \"A hostile network\"). A whole fleet may sit behind one NAT address: at 200, 20,000 agents reconnect through one address in under 2 minutes after a coordinator restart, while one host still cannot take the handshake capacity of the rest (docs/BENCHMARKS.md). No flag.",
+    },
+    KeyDoc {
+        key: "udp_receive_buffer_bytes",
+        ty: "integer",
+        default: Some("8388608"),
+        allowed: "0..=1073741824 (0: the kernel's default)",
+        meaning: "Receive buffer asked for the QUIC socket. Every agent's datagrams arrive on this one socket; with the kernel's default (208 KiB on Debian) a fleet's burst overflows it, the kernel drops datagrams (`UdpRcvbufErrors` in `nstat`) and QUIC resends them late, which shows as ack latency of seconds at 50,000 agents (docs/BENCHMARKS.md). The kernel caps the size at `net.core.rmem_max`; the coordinator logs a warning with the size it got when that is less than asked: raise it with `sysctl -w net.core.rmem_max=8388608` (the packaged sysctl.d file does). No flag.",
     },
     KeyDoc {
         key: "catalogue",

@@ -157,6 +157,7 @@ pub async fn start(
             source,
         })
     })?;
+    ingest::grow_receive_buffer(&quic_socket, opts.settings.udp_receive_buffer_bytes);
     let quic_addr = quic_socket
         .local_addr()
         .map_err(|source| CoordError::DataDir {

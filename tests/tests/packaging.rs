@@ -312,6 +312,7 @@ fn debs_hold_binaries_conffiles_units_and_scripts() {
         "./usr/bin/personactl",
         "./etc/persona/coordinator.toml",
         "./lib/systemd/system/persona-coordinator.service",
+        "./usr/lib/sysctl.d/60-persona-coordinator.conf",
     ] {
         assert!(
             contents.contains(f),

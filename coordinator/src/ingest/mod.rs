@@ -166,6 +166,37 @@ pub fn bind(
     Ok((endpoint, ingest))
 }
 
+/// Asks the kernel for a `want`-byte receive buffer on the QUIC socket (0: leave the
+/// default), and warns when it granted less.
+///
+/// Why: every agent's datagrams arrive on this one socket. With Debian's default of
+/// 208 KiB, 50,000 agents overflowed it (131,340 `UdpRcvbufErrors` in one run) and the
+/// datagrams QUIC had to resend pushed the ack p99 to seconds (docs/BENCHMARKS.md).
+/// The kernel caps the size at `net.core.rmem_max`, which only root can raise, so a
+/// short buffer is a warning with the fix, not an error.
+pub fn grow_receive_buffer(socket: &std::net::UdpSocket, want: usize) {
+    if want == 0 {
+        return;
+    }
+    let s = socket2::SockRef::from(socket);
+    if let Err(e) = s.set_recv_buffer_size(want) {
+        tracing::warn!("could not set the QUIC socket's receive buffer to {want} bytes: {e}");
+        return;
+    }
+    // Linux reports twice what it reserved for the payload (the rest is its overhead).
+    match s.recv_buffer_size() {
+        Ok(got) if got < want => tracing::warn!(
+            granted = got,
+            asked = want,
+            "the QUIC socket's receive buffer is smaller than asked: raise net.core.rmem_max \
+             (sysctl -w net.core.rmem_max={want}), or datagrams are dropped under a fleet's \
+             bursts"
+        ),
+        Ok(got) => tracing::debug!(granted = got, "QUIC socket receive buffer"),
+        Err(e) => tracing::warn!("could not read the QUIC socket's receive buffer: {e}"),
+    }
+}
+
 /// Serves connections until `shutdown` turns true, then closes the endpoint.
 pub async fn run(endpoint: quinn::Endpoint, ing: Arc<Ingest>, mut shutdown: watch::Receiver<bool>) {
     let retention = tokio::spawn(retention_loop(ing.clone(), shutdown.clone()));
