@@ -41,6 +41,10 @@ pub struct RecommendArgs {
     /// Remove every per-VM bound.
     #[arg(long)]
     pub clear_bounds: bool,
+    /// Forget the limits the engine learned from resizes the platform refused (after the
+    /// platform was changed, say).
+    #[arg(long)]
+    pub clear_learned: bool,
     /// Submit the recommended resize now, whatever the mode.
     #[arg(long)]
     pub apply: bool,
@@ -75,6 +79,9 @@ pub fn recommend(a: RecommendArgs, g: &Global) -> Result<(), CtlError> {
         ] {
             patch.insert(k.into(), Value::Null);
         }
+    }
+    if a.clear_learned {
+        patch.insert("clear_learned".into(), json!(true));
     }
     for (k, v) in [
         ("min_vcpus", a.min_vcpus),
@@ -173,6 +180,16 @@ pub fn human(v: &Value) -> String {
         f(&v["confidence"]),
         v["personas_source"].as_str().unwrap_or("?")
     );
+    for l in v["settings"]["learned"].as_array().into_iter().flatten() {
+        s += &format!(
+            "learned      {} at {} {} (command {}: {})\n",
+            l["resource"].as_str().unwrap_or("?"),
+            if l["side"] == "max" { "most" } else { "least" },
+            opt(&l["value"]),
+            l["command"].as_str().unwrap_or("?"),
+            l["reason"].as_str().unwrap_or("")
+        );
+    }
     let a = &v["auto"];
     if !a.is_null() {
         s += &format!(

@@ -128,6 +128,31 @@ pub struct VmSettings {
     pub initial_done: bool,
     pub last_applied_ms: Option<i64>,
     pub last_command: Option<String>,
+    /// What the platform was found unable to do (see [`LearnedLimit`]).
+    pub learned: Vec<LearnedLimit>,
+    #[serde(skip)]
+    pub learned_from: Option<String>,
+}
+
+/// A limit the engine learned from a resize the platform refused: the VM cannot go
+/// above (`max`) or below (`min`) `value` for `resource`, because command `command`
+/// asking for it failed with `reason`. The engine never asks for it again until the
+/// operator clears it (`personactl recommend ID --clear-learned`).
+///
+/// Why it is learned from the engine's own single-resource commands only: auto mode
+/// changes one resource per command (see [`auto_pass`]), so a refusal names its part,
+/// and the other part is not blocked by it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnedLimit {
+    /// "cpu" (cores) or "memory" (GiB).
+    pub resource: String,
+    /// "max" or "min".
+    pub side: String,
+    pub value: f64,
+    pub command: String,
+    /// The platform's answer, as the command's message.
+    pub reason: String,
+    pub at_ms: i64,
 }
 
 fn platform_str(p: Platform) -> &'static str {
@@ -147,6 +172,12 @@ pub fn settings(store: &Store, agent_id: &str) -> Result<VmSettings, StoreError>
         });
     };
     let b = row.bounds;
+    // Written by this module only; a row it cannot read is treated as nothing learned.
+    let learned = row
+        .learned
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<Vec<LearnedLimit>>(t).ok())
+        .unwrap_or_default();
     Ok(VmSettings {
         mode: row.mode.parse().unwrap_or_default(),
         platform: row.platform.parse().unwrap_or(Platform::Exact),
@@ -161,6 +192,8 @@ pub fn settings(store: &Store, agent_id: &str) -> Result<VmSettings, StoreError>
         initial_done: row.initial_done,
         last_applied_ms: row.last_applied_ms,
         last_command: row.last_command,
+        learned,
+        learned_from: row.learned_from,
     })
 }
 
@@ -180,6 +213,8 @@ pub struct SettingsPatch {
     pub max_memory_gib: Option<Option<f64>>,
     #[serde(default, with = "double_option")]
     pub max_memory_platform_gib: Option<Option<f64>>,
+    /// `true` forgets every learned limit (the platform was changed, say).
+    pub clear_learned: Option<bool>,
 }
 
 /// `Some(None)` for an explicit null, `None` for an absent key.
@@ -245,6 +280,10 @@ pub fn set_settings(
                 "min_{what} {l} is above max_{what} {h}"
             )));
         }
+    }
+    if p.clear_learned == Some(true) {
+        store.put_engine_learned(agent_id, None, None, store::now_ms())?;
+        s.learned.clear();
     }
     store.put_engine_settings(
         agent_id,
@@ -806,8 +845,11 @@ pub fn recommend(
         )
     };
     let (recommended, forced) = policy::enforce_bounds(recommended, steps, &vm.bounds, &mut why);
+    // What the platform refused before is never asked again, whatever else says so.
+    let recommended = within_learned(recommended, &vm.learned, Some(&mut why));
     // What a held resource stays at: the current size, moved inside the operator's bounds.
     let (held_at, _) = policy::enforce_bounds(current, steps, &vm.bounds, &mut Why::off());
+    let held_at = within_learned(held_at, &vm.learned, None);
     let auto = gate(
         ctx.cfg,
         GateIn {
@@ -876,6 +918,126 @@ pub fn recommend(
         settings: vm,
         auto,
     })
+}
+
+/// Clamps `size` into the learned limits, with a `bound` reason for each that moved it.
+fn within_learned(size: Size, learned: &[LearnedLimit], mut why: Option<&mut Why>) -> Size {
+    let mut v = [size.cpu_cores, size.memory_gib];
+    for l in learned {
+        let (i, name) = match l.resource.as_str() {
+            "cpu" => (0, "cpu"),
+            "memory" => (1, "memory"),
+            _ => continue,
+        };
+        let moved = match l.side.as_str() {
+            "max" if v[i] > l.value + 1e-9 => true,
+            "min" if v[i] < l.value - 1e-9 => true,
+            _ => false,
+        };
+        if moved {
+            v[i] = l.value;
+            if let Some(w) = why.as_deref_mut() {
+                w.add(name, Kind::Bound, Some(l.value), || {
+                    format!(
+                        "learned: the platform refused {name} {} {} (command {}: {}); \
+                         `personactl recommend AGENT --clear-learned` forgets it",
+                        if l.side == "max" { "above" } else { "below" },
+                        l.value,
+                        l.command,
+                        l.reason
+                    )
+                });
+            }
+        }
+    }
+    Size {
+        cpu_cores: v[0],
+        memory_gib: v[1],
+    }
+}
+
+/// Learns from the engine's last resize of `r`'s VM if the platform refused it: a
+/// single-resource request that failed becomes a [`LearnedLimit`] at the current size
+/// on that side. Returns the limit when one was learned now. A command that expired or
+/// was cancelled teaches nothing (the agent was away, or an operator stopped it).
+pub fn learn_from_last_command(
+    store: &Store,
+    r: &Recommendation,
+) -> Result<Option<LearnedLimit>, EngineApiError> {
+    let Some(id) = r.settings.last_command.as_deref() else {
+        return Ok(None);
+    };
+    if r.settings.learned_from.as_deref() == Some(id) {
+        return Ok(None);
+    }
+    let Some(cmd) = store.get_command(id)? else {
+        return Ok(None);
+    };
+    if cmd.state != CommandState::Failed.as_str() {
+        return Ok(None);
+    }
+    let Ok(Action::Resize(req)) = serde_json::from_value::<Action>(cmd.action) else {
+        return Ok(None);
+    };
+    let part = match (req.vcpus, req.memory_mib) {
+        (Some(v), None) => ("cpu", f64::from(v), r.current.cpu_cores),
+        (None, Some(m)) => ("memory", m as f64 / 1024.0, r.current.memory_gib),
+        // A request of several parts (an operator's --apply) does not say which failed.
+        _ => return Ok(None),
+    };
+    let (resource, asked, now) = part;
+    if (asked - now).abs() < 1e-9 {
+        return Ok(None);
+    }
+    let limit = LearnedLimit {
+        resource: resource.to_owned(),
+        side: if asked > now { "max" } else { "min" }.to_owned(),
+        value: now,
+        command: id.to_owned(),
+        reason: cmd
+            .message
+            .unwrap_or_else(|| "failed without a message".into()),
+        at_ms: store::now_ms(),
+    };
+    let mut learned: Vec<LearnedLimit> = r
+        .settings
+        .learned
+        .iter()
+        .filter(|l| !(l.resource == limit.resource && l.side == limit.side))
+        .cloned()
+        .collect();
+    learned.push(limit.clone());
+    let text =
+        serde_json::to_string(&learned).map_err(|e| EngineApiError::Setting(e.to_string()))?;
+    store.put_engine_learned(&r.agent, Some(&text), Some(id), store::now_ms())?;
+    tracing::info!(agent = %r.agent, command = id, resource, side = %limit.side, value = now,
+        "engine: learned a platform limit from a refused resize: {}", limit.reason);
+    Ok(Some(limit))
+}
+
+/// What auto mode submits of `r` this pass: one resource at a time, so that a part the
+/// platform refuses never blocks the other and is learned on its own. A resource under
+/// pressure goes first, then CPU.
+fn one_part(r: &Recommendation) -> Size {
+    let to = r.auto.size;
+    let cpu = (to.cpu_cores - r.current.cpu_cores).abs() > 1e-9;
+    let mem = (to.memory_gib - r.current.memory_gib).abs() > 1e-9;
+    if !(cpu && mem) {
+        return to;
+    }
+    let memory_first = r.pressure.iter().any(|p| p.resource == "memory")
+        && !r.pressure.iter().any(|p| p.resource == "cpu");
+    if memory_first {
+        Size {
+            cpu_cores: r.current.cpu_cores,
+            ..to
+        }
+    } else {
+        Size {
+            memory_gib: r.current.memory_gib,
+            ..to
+        }
+    }
 }
 
 /// What [`gate`] decides on.
@@ -1075,6 +1237,13 @@ pub fn auto_pass(
                 continue;
             }
         };
+        match learn_from_last_command(store, &r) {
+            // The next pass sizes with the new limit; this one must not re-send the
+            // refused part.
+            Ok(Some(_)) => continue,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%agent, "engine: {e}"),
+        }
         if !r.auto.applies {
             // Held for lack of evidence, or nothing to change.
             if r.change != "none" {
@@ -1104,7 +1273,10 @@ pub fn auto_pass(
         {
             continue;
         }
-        match apply(store, hub, &r, r.auto.size, mode == Mode::Initial) {
+        // Initial sizing is done once its last part is submitted.
+        let to = one_part(&r);
+        let initial_done = mode == Mode::Initial && to == r.auto.size;
+        match apply(store, hub, &r, to, initial_done) {
             Ok(_) => applied += 1,
             Err(e) => tracing::warn!(%agent, "engine: {e}"),
         }
@@ -1277,6 +1449,122 @@ mod tests {
         assert_eq!(r.change, "none");
         assert_eq!(r.bounds.platform_max_vcpus, Some(8.0));
         assert!(r.cost.current.is_some());
+    }
+
+    /// Plans that apply in part (issue 20, item 2): a refused single-resource resize is
+    /// learned once as a limit at the current size, the engine never recommends past it
+    /// (not even for an operator's bound), and clearing forgets it; auto mode sends one
+    /// resource per command.
+    #[test]
+    fn a_refused_part_is_learned_once_never_asked_again_and_can_be_cleared() {
+        let (_d, store) = store_with_agent();
+        let cat = Catalogue::builtin().expect("catalogue");
+        let ps = crate::profile::personas::builtin().expect("personas");
+        let cfg = EngineConfig::default();
+        let ctx = Ctx {
+            store: &store,
+            cfg: &cfg,
+            catalogue: &cat,
+            personas: &ps,
+            profiler: None,
+        };
+        let key = store.agent_key("a-1").expect("key").expect("agent");
+        store
+            .update_agent(
+                key,
+                Some(r#"{"cpus_online":2,"cpus_possible":8,"mem_total_bytes":4294967296}"#),
+                None,
+            )
+            .expect("facts");
+        let req = ResizeRequest {
+            memory_mib: Some(8192),
+            ..ResizeRequest::default()
+        };
+        let id = crate::commands::submit(&store, "a-1", Action::Resize(req), RESIZE_TTL)
+            .expect("submit");
+        store
+            .record_engine_applied("a-1", &id, false, store::now_ms())
+            .expect("applied");
+        let refusal = "8192 MiB wanted but the guest has 4096 MiB of memory blocks: the \
+                       hypervisor must hot-add memory first";
+        let failed = persona_shared::command::CommandUpdate {
+            id: id.clone(),
+            state: CommandState::Failed,
+            at_ms: store::now_ms(),
+            step: None,
+            bytes: None,
+            percent: None,
+            message: Some(refusal.into()),
+        };
+        assert!(crate::commands::apply_update(&store, key, &failed).expect("update"));
+        let r = recommend(&ctx, "a-1", store::now_ms()).expect("recommendation");
+        let l = learn_from_last_command(&store, &r)
+            .expect("learn")
+            .expect("a limit");
+        assert_eq!(
+            (l.resource.as_str(), l.side.as_str(), l.value),
+            ("memory", "max", 4.0)
+        );
+        assert_eq!(l.command, id);
+        assert!(l.reason.contains("hot-add memory first"), "{l:?}");
+        // Once only.
+        let r = recommend(&ctx, "a-1", store::now_ms()).expect("recommendation");
+        assert_eq!(r.settings.learned, vec![l.clone()]);
+        assert_eq!(learn_from_last_command(&store, &r).expect("learn"), None);
+        // An operator's minimum above it does not make the engine ask again.
+        let b: SettingsPatch =
+            serde_json::from_value(json!({ "min_memory_gib": 8.0, "mode": "auto" })).expect("p");
+        set_settings(&store, "a-1", &b).expect("bound");
+        let r = recommend(&ctx, "a-1", store::now_ms()).expect("recommendation");
+        assert_eq!(r.recommended.memory_gib, 4.0, "{:?}", r.reasons);
+        assert!(!r.auto.applies, "{:?}", r.auto);
+        assert!(
+            r.reasons
+                .iter()
+                .any(|x| x.kind == Kind::Bound && x.detail.contains("learned")),
+            "{:?}",
+            r.reasons
+        );
+        // Cleared: the bound applies again.
+        let c: SettingsPatch = serde_json::from_value(json!({ "clear_learned": true })).expect("p");
+        assert!(
+            set_settings(&store, "a-1", &c)
+                .expect("clear")
+                .learned
+                .is_empty()
+        );
+        let r = recommend(&ctx, "a-1", store::now_ms()).expect("recommendation");
+        assert_eq!(r.recommended.memory_gib, 8.0);
+        assert!(r.auto.applies);
+        // And it is not learned again from the same command.
+        assert_eq!(learn_from_last_command(&store, &r).expect("learn"), None);
+        // One resource per command: CPU first, memory first only under memory pressure.
+        let mut both = r.clone();
+        both.auto.size = Size {
+            cpu_cores: 4.0,
+            memory_gib: 8.0,
+        };
+        assert_eq!(
+            one_part(&both),
+            Size {
+                cpu_cores: 4.0,
+                memory_gib: r.current.memory_gib
+            }
+        );
+        both.pressure = vec![Pressure {
+            resource: "memory".into(),
+            since_s: 0.0,
+            at_s: 0.0,
+            severity: "warning".into(),
+            summary: String::new(),
+        }];
+        assert_eq!(
+            one_part(&both),
+            Size {
+                cpu_cores: r.current.cpu_cores,
+                memory_gib: 8.0
+            }
+        );
     }
 
     /// Evidence before action (issue 20, items 1 and 3): with a declared purpose and no

@@ -15,6 +15,10 @@ pub struct EngineVm {
     pub initial_done: bool,
     pub last_applied_ms: Option<i64>,
     pub last_command: Option<String>,
+    /// Limits learned from refused resizes, as the engine wrote them (JSON).
+    pub learned: Option<String>,
+    /// The last command the engine learned from (so one refusal is learned once).
+    pub learned_from: Option<String>,
 }
 
 /// The bounds an operator set (None: unbounded).
@@ -52,7 +56,8 @@ impl Store {
         self.r()?
             .query_row(
                 "SELECT mode, platform, min_vcpus, max_vcpus, min_memory_gib, max_memory_gib,
-                        max_memory_platform_gib, initial_done, last_applied_ms, last_command
+                        max_memory_platform_gib, initial_done, last_applied_ms, last_command,
+                        learned, learned_from
                  FROM engine_vms WHERE agent_id = ?1",
                 params![agent_id],
                 |r| {
@@ -69,6 +74,8 @@ impl Store {
                         initial_done: r.get::<_, i64>(7)? != 0,
                         last_applied_ms: r.get(8)?,
                         last_command: r.get(9)?,
+                        learned: r.get(10)?,
+                        learned_from: r.get(11)?,
                     })
                 },
             )
@@ -126,6 +133,27 @@ impl Store {
                 params![agent_id, i64::from(initial), now_ms, command],
             )
             .map_err(sql("engine applied"))?;
+        Ok(())
+    }
+
+    /// Stores the limits learned for a VM (`None` clears them) and, when given, the
+    /// command they were learned from.
+    pub fn put_engine_learned(
+        &self,
+        agent_id: &str,
+        learned: Option<&str>,
+        from_command: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.w()?
+            .execute(
+                "INSERT INTO engine_vms(agent_id, learned, learned_from, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(agent_id) DO UPDATE SET learned = ?2,
+                     learned_from = COALESCE(?3, learned_from), updated_ms = ?4",
+                params![agent_id, learned, from_command, now_ms],
+            )
+            .map_err(sql("engine learned"))?;
         Ok(())
     }
 

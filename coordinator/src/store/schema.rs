@@ -165,6 +165,14 @@ CREATE TABLE IF NOT EXISTS feedback(
 ALTER TABLE agents ADD COLUMN command_key TEXT;
 ",
     },
+    Migration {
+        version: 9,
+        name: "limits the engine learned from refused resizes",
+        sqlite: "
+ALTER TABLE engine_vms ADD COLUMN learned TEXT;
+ALTER TABLE engine_vms ADD COLUMN learned_from TEXT;
+",
+    },
 ];
 
 /// The newest step whose tables releases before this list created without recording a
